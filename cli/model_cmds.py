@@ -1,0 +1,160 @@
+"""Commands on the model side: train, nll, merge, sample."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import fields
+from pathlib import Path
+
+import click
+
+
+def _parse_shard(value):
+    if value is None:
+        return None
+    try:
+        i, n = (int(v) for v in value.split("/"))
+    except ValueError:
+        raise click.BadParameter("use the form i/n, e.g. 0/4")
+    if not (n >= 1 and 0 <= i < n):
+        raise click.BadParameter(f"shard {value}: need 0 <= i < n")
+    return i, n
+
+
+def _write_json(path, rec):
+    from ddpm_codec.imageio import atomic_write_bytes
+    atomic_write_bytes(path, (json.dumps(rec, indent=1) + "\n").encode(), force=True)
+
+
+@click.command()
+@click.option("--config", "model_name", default="fmnist", show_default=True,
+              help="named model config (ddpm_codec.configs)")
+@click.option("--data", default="fashion_mnist", show_default=True, help="dataset name or path")
+@click.option("--out", default="runs/fmnist", show_default=True, help="run folder (checkpoints, log.jsonl)")
+@click.option("--steps", default=20000, show_default=True)
+@click.option("--batch-size", default=64, show_default=True, help="global batch, all ranks together")
+@click.option("--lr", default=2e-4, show_default=True)
+@click.option("--warmup", default=200, show_default=True)
+@click.option("--lr-decay-to", default=1.0, show_default=True, help="cosine decay to lr * this at --steps")
+@click.option("--ema-decay", default=0.999, show_default=True)
+@click.option("--grad-clip", default=1.0, show_default=True)
+@click.option("--flips/--no-flips", default=False, show_default=True, help="random horizontal flips")
+@click.option("--objective", type=click.Choice(["vlb", "simple"]), default="vlb", show_default=True)
+@click.option("--time-sampler", type=click.Choice(["importance", "uniform"]), default="importance",
+              show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--eval-every", default=1000, show_default=True)
+@click.option("--eval-n", default=500, show_default=True)
+@click.option("--ckpt-every", default=500, show_default=True)
+@click.option("--amp/--no-amp", default=False, help="bf16 autocast on GPU")
+@click.option("--device", default=None, help="cpu / cuda (default: cuda if available)")
+@click.option("--resume/--no-resume", default=True, show_default=True, help="continue from OUT/last if present")
+@click.option("--export", default=None, help="also write the final EMA model to this PATH(.safetensors/.json)")
+def train(model_name, data, out, steps, batch_size, lr, warmup, lr_decay_to, ema_decay, grad_clip, flips,
+          objective, time_sampler, seed, eval_every, eval_n, ckpt_every, amp, device, resume, export):
+    """Train on the full VLB (or L_simple); checkpoints are resumable."""
+    from ddpm_codec import distributed as dist
+    from ddpm_codec.checkpoint import save_model
+    from ddpm_codec.data import load_dataset
+    from ddpm_codec.train import Trainer, TrainConfig
+
+    device = dist.init_from_env(device)
+    cfg = TrainConfig(model=model_name, data=data, out=out, steps=steps, batch_size=batch_size, lr=lr,
+                      warmup=warmup, lr_decay_to=lr_decay_to, ema_decay=ema_decay, grad_clip=grad_clip,
+                      flips=flips, objective=objective, time_sampler=time_sampler, seed=seed,
+                      eval_every=eval_every, eval_n=eval_n, ckpt_every=ckpt_every, amp=amp)
+    tr = load_dataset(data, "train")
+    try:
+        te = load_dataset(data, "test")
+    except Exception:  # noqa: BLE001 - a dataset without a test split trains without eval
+        te = None
+    trainer = Trainer(cfg, tr, te, device=device)
+    if resume and trainer.resume():
+        click.echo(f"resumed {out} at step {trainer.step}", err=True)
+    if trainer.rank == 0:
+        click.echo(f"training {model_name} on {data}: global batch {batch_size} = {trainer.world} rank(s) x "
+                   f"{batch_size // trainer.world}, lr {lr}, objective {objective}, device {device}", err=True)
+    trainer.fit()
+    if trainer.rank == 0:
+        ev = trainer.evaluate()
+        click.echo(f"done at step {trainer.step}; test -VLB (MC, EMA) {ev:.4f} bits/dim" if ev is not None
+                   else f"done at step {trainer.step}")
+        if export:
+            fp = save_model(trainer.ema.model, export, {"ema": True, "step": trainer.step})
+            click.echo(f"exported {export} (fingerprint {fp[:16]})")
+    dist.shutdown()
+
+
+@click.command()
+@click.option("--split", default="test", show_default=True)
+@click.option("--data", default="fashion_mnist", show_default=True, help="dataset name or path")
+@click.option("--n", "n", type=int, default=None, help="first N images of the split (default all)")
+@click.option("--steps", default=1000, show_default=True, help="T_eval: latent levels of the chain")
+@click.option("--model", "model_path", default="default", show_default=True)
+@click.option("--json", "json_path", default=None, help="write the full record (per-step terms) here")
+@click.option("--batch", default=100, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--shard", default=None, help="i/n: evaluate only contiguous shard i of n (merge with `merge`)")
+def nll(split, data, n, steps, model_path, json_path, batch, seed, shard):
+    """Exact negative VLB in bits/dim, every term of the chain summed."""
+    import torch
+    from ddpm_codec.checkpoint import load_model
+    from ddpm_codec.data import load_dataset, shard_bounds
+    from ddpm_codec.evaluate import evaluate_nll, format_summary
+
+    model, meta = load_model(model_path)
+    images = load_dataset(data, split, n=n)
+    first = 0
+    sh = _parse_shard(shard)
+    if sh:
+        a, b = shard_bounds(len(images), *sh)
+        images, first = images[a:b], a
+    rec = evaluate_nll(model, images, steps, batch=batch, seed=seed, first_index=first)
+    rec.update({"model": str(model_path), "model_fingerprint": meta["fingerprint"], "split": split,
+                "data": data, "weights": "EMA" if meta.get("ema") else "as saved", "shard": shard})
+    click.echo(format_summary(rec))
+    if json_path:
+        _write_json(json_path, rec)
+
+
+@click.command()
+@click.argument("shards", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "json_path", required=True, help="merged record")
+def merge(shards, json_path):
+    """Merge the JSON of `nll --shard` runs into one result."""
+    from ddpm_codec.evaluate import merge_shards, format_summary
+    recs = [json.loads(Path(p).read_text()) for p in shards]
+    try:
+        rec = merge_shards(recs)
+    except (ValueError, KeyError) as e:
+        raise click.ClickException(str(e))
+    click.echo(format_summary(rec))
+    _write_json(json_path, rec)
+
+
+@click.command()
+@click.option("--model", "model_path", default="default", show_default=True)
+@click.option("--n", default=8, show_default=True)
+@click.option("--steps", default=1000, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--snapshots", default=8, show_default=True, help="x0_hat frames per sample (DDPM Fig. 6)")
+@click.option("-o", "--out", default="samples.png", show_default=True)
+@click.option("--force", is_flag=True, help="overwrite OUT")
+def sample(model_path, n, steps, seed, snapshots, out, force):
+    """Draw samples (Algorithm 2) and write a PNG: one row per sample, the
+    progressive x0_hat estimates left to right, the sample last."""
+    from ddpm_codec.checkpoint import load_model
+    from ddpm_codec.imageio import write_png
+    from ddpm_codec.sampling import sample as draw, grid
+
+    model, _ = load_model(model_path)
+    _, frames = draw(model, n, steps, seed=seed, snapshots=snapshots)
+    img = grid(frames)
+    mode = "L" if img.shape[2] == 1 else "RGB"
+    write_png(out, img[..., 0] if mode == "L" else img, mode, force=force)
+    click.echo(f"wrote {out}: {n} samples x {frames.shape[1]} frames, {steps} steps")
+
+
+def register(group):
+    for cmd in (train, nll, merge, sample):
+        group.add_command(cmd)

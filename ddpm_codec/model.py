@@ -1,0 +1,75 @@
+"""A diffusion model = noise schedule + epsilon network + the choices that make
+it a likelihood model (reverse variance, decoder).  Everything that turns it
+into bits (VLB, codecs) asks it only for `eps` and for the conditionals below.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import diffusion as D
+from .schedules import NoiseSchedule, build_schedule
+from .unet import UNet, UNetConfig
+
+F64 = torch.float64
+
+
+class DiffusionModel(nn.Module):
+    def __init__(self, schedule: NoiseSchedule, unet: UNet, variance: str = "posterior"):
+        super().__init__()
+        if variance not in ("posterior", "transition"):
+            raise ValueError("variance must be 'posterior' or 'transition'")
+        self.schedule = schedule
+        self.unet = unet
+        self.variance = variance
+
+    # ---- construction -------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg: dict) -> "DiffusionModel":
+        return cls(build_schedule(cfg["schedule"]), UNet(UNetConfig.from_dict(cfg["unet"])),
+                   cfg.get("variance", "posterior"))
+
+    def config(self) -> dict:
+        return {"schedule": self.schedule.config(), "unet": self.unet.cfg.to_dict(),
+                "variance": self.variance}
+
+    @property
+    def channels(self) -> int:
+        return self.unet.cfg.in_channels
+
+    # ---- network ------------------------------------------------------
+    def eps(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """eps_hat(z_t, t); t is a scalar or a per-image vector of times in [0, 1]."""
+        t = torch.as_tensor(t, device=z.device)
+        if t.dim() == 0:
+            t = t.expand(z.shape[0])
+        p = next(self.unet.parameters())
+        return self.unet(z.to(p.dtype), t.to(torch.float32))
+
+    def gamma(self, t, like: torch.Tensor | None = None) -> torch.Tensor:
+        """gamma(t) as a float64 tensor, broadcastable to images if `like` is given."""
+        g = self.schedule.gamma(torch.as_tensor(t, dtype=F64))
+        if like is not None and g.dim() == 1:
+            g = g.view(-1, *([1] * (like.dim() - 1)))
+        return g
+
+    # ---- conditionals (float64, for coding and exact evaluation) -------
+    @torch.no_grad()
+    def reverse_conditional(self, z_t: torch.Tensor, t: float, s: float):
+        """Mean and variance of p(z_s | z_t), float64."""
+        z_t = z_t.to(F64)
+        eps = self.eps(z_t, t).to(F64)
+        return D.reverse(z_t, eps, self.gamma(s), self.gamma(t), self.variance)
+
+    @torch.no_grad()
+    def decoder_params(self, z0: torch.Tensor, t0: float):
+        """Mean and log-scale (model units) of the discretized decoder p(x | z_t0).
+
+        Mean x0_hat(z_t0); scale sigma_t0 / alpha_t0 = exp(gamma_t0 / 2), the
+        noise level of z_t0 in data units (DDPM's sigma_1 = sqrt(beta_1) up
+        to a factor sqrt(1 - beta_1))."""
+        z0 = z0.to(F64)
+        g = self.gamma(t0)
+        eps = self.eps(z0, t0).to(F64)
+        mean = D.predict_x0(z0, eps, g)
+        return mean, (0.5 * g).expand_as(mean)
