@@ -43,8 +43,9 @@ class DiffusionModel(nn.Module):
         t = torch.as_tensor(t, device=z.device)
         if t.dim() == 0:
             t = t.expand(z.shape[0])
-        p = next(self.unet.parameters())
-        return self.unet(z.to(p.dtype), t.to(torch.float32))
+        p = next(self.unet.parameters(), None)
+        dtype = p.dtype if p is not None else torch.float64   # parameter-free (closed-form) denoisers
+        return self.unet(z.to(dtype), t.to(torch.float32))
 
     def gamma(self, t, like: torch.Tensor | None = None) -> torch.Tensor:
         """gamma(t) as a float64 tensor, broadcastable to images if `like` is given."""

@@ -1,0 +1,474 @@
+"""Datasets as uint8 arrays of shape (N, C, H, W).
+
+Every loader returns the raw pixels (0..255) in a fixed order, so that
+training, evaluation and benchmarks see the same images; scaling to the
+model's [-1, 1] happens elsewhere. Nothing is downloaded: a missing dataset
+ends in `DataMissingError` saying how to get it, a damaged file in
+`DataFormatError`.
+
+Sources:
+
+- 'fashion_mnist': IDX files (gzip or plain) under
+  $DDPM_CODEC_FASHION_MNIST or /usr/share/datasets/fashion-mnist
+  (Debian package dataset-fashion-mnist); splits 'train' (60k), 'test' (10k).
+- 'cifar10': the python batches (data_batch_1..5, test_batch) under
+  $DDPM_CODEC_CIFAR10. They are pickles, so they are read with an unpickler
+  that can build only dicts, lists, strings, numbers and numpy arrays.
+- 'imagenet32' / 'imagenet64': Downsampled ImageNet npz files
+  (train_data_batch_*.npz, val_data.npz; key 'data', rows in CHW order)
+  under $DDPM_CODEC_IMAGENET32 / $DDPM_CODEC_IMAGENET64, read without pickle.
+  Split 'test' is an alias of 'val'.
+- a path: a directory of any of the above or of PNG files (auto-detected),
+  or a single IDX, npz or CIFAR batch file (then `split` is ignored).
+"""
+from __future__ import annotations
+
+import glob
+import gzip
+import math
+import os
+import pickle
+import re
+import struct
+import zipfile
+import zlib
+
+import numpy as np
+
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+ENV_VARS = {
+    "fashion_mnist": "DDPM_CODEC_FASHION_MNIST",
+    "cifar10": "DDPM_CODEC_CIFAR10",
+    "imagenet32": "DDPM_CODEC_IMAGENET32",
+    "imagenet64": "DDPM_CODEC_IMAGENET64",
+}
+_HOW_TO_GET = {
+    "fashion_mnist": "install it with `apt-get install dataset-fashion-mnist`",
+    "cifar10": "extract cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html)",
+    "imagenet32": "get Imagenet32_train_npz/Imagenet32_val_npz from https://image-net.org",
+    "imagenet64": "get Imagenet64_train_npz/Imagenet64_val_npz from https://image-net.org",
+}
+
+
+class DataError(Exception):
+    """Base class for dataset errors."""
+
+
+class DataMissingError(DataError):
+    """A dataset or one of its files is not where it was looked for."""
+
+
+class DataFormatError(DataError):
+    """A dataset file exists but does not hold what its format promises."""
+
+
+def _missing(name: str, where: str) -> DataMissingError:
+    return DataMissingError(f"{_pretty(name)} not found at {where}: {_HOW_TO_GET[name]}, "
+                            f"set {ENV_VARS[name]} or pass --data PATH")
+
+
+def _pretty(name: str) -> str:
+    return {"fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10",
+            "imagenet32": "ImageNet32", "imagenet64": "ImageNet64"}[name]
+
+
+def _root(name: str, root) -> str:
+    if root is not None:
+        return os.fspath(root)
+    env = os.environ.get(ENV_VARS[name])
+    if env:
+        return env
+    if name == "fashion_mnist":
+        return FASHION_MNIST_ROOT
+    raise DataMissingError(f"{_pretty(name)}: no location given: {_HOW_TO_GET[name]}, "
+                           f"then set {ENV_VARS[name]} or pass --data PATH")
+
+
+def _window(total: int, n: int | None, offset: int, what: str) -> tuple[int, int]:
+    """[start, stop) of the n items at `offset` among `total`, checked."""
+    if offset < 0 or (n is not None and n < 0):
+        raise ValueError(f"n and offset must be non-negative (n={n}, offset={offset})")
+    stop = total if n is None else offset + n
+    if stop > total or offset > total:
+        raise ValueError(f"{what} has {total} images; n={n} at offset={offset} is out of range")
+    return offset, stop
+
+
+# ---------------------------------------------------------------- IDX (MNIST)
+
+_IDX_TYPES = {0x08: np.uint8}
+
+
+def _open_maybe_gzip(path: str):
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+
+
+def _read_at_most(f, limit: int) -> bytearray:
+    """Up to `limit` bytes, read in chunks so memory follows what the file holds."""
+    chunks, got = [], 0
+    while got < limit:
+        piece = f.read(min(1 << 24, limit - got))
+        if not piece:
+            break
+        chunks.append(piece)
+        got += len(piece)
+    return bytearray().join(chunks)
+
+
+def read_idx(path) -> np.ndarray:
+    """An IDX file (optionally gzipped) as an array of its declared shape, uint8 only."""
+    path = os.fspath(path)
+    try:
+        with _open_maybe_gzip(path) as f:
+            head = f.read(4)
+            if len(head) != 4 or head[:2] != b"\0\0":
+                raise DataFormatError(f"{path}: not an IDX file (bad magic {head!r})")
+            code, ndim = head[2], head[3]
+            if code not in _IDX_TYPES:
+                raise DataFormatError(f"{path}: IDX element type 0x{code:02x} is not "
+                                      "supported (only unsigned bytes, 0x08)")
+            if ndim == 0:
+                raise DataFormatError(f"{path}: IDX file declares zero dimensions")
+            dims_raw = f.read(4 * ndim)
+            if len(dims_raw) != 4 * ndim:
+                raise DataFormatError(f"{path}: IDX header truncated")
+            dims = struct.unpack(f">{ndim}I", dims_raw)
+            count = int(np.prod(dims, dtype=np.int64))
+            body = _read_at_most(f, count + 1)  # a lying header cannot make us allocate
+    except (OSError, EOFError, zlib.error) as e:
+        if isinstance(e, FileNotFoundError):
+            raise DataMissingError(f"{path}: no such file") from None
+        raise DataFormatError(f"{path}: cannot read ({e})") from None
+    if len(body) != count:
+        raise DataFormatError(f"{path}: IDX header promises {count} bytes for shape {dims}, "
+                              f"file holds {len(body) if len(body) < count else 'more'}")
+    return np.frombuffer(body, dtype=_IDX_TYPES[code]).reshape(dims)
+
+
+def _idx_images(path: str) -> np.ndarray:
+    arr = read_idx(path)
+    if arr.ndim != 3:
+        raise DataFormatError(f"{path}: expected an IDX image file (3 dimensions), got "
+                              f"shape {arr.shape}")
+    return arr[:, None, :, :]
+
+
+_FMNIST_FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
+
+
+def load_fashion_mnist(split: str = "train", root=None) -> np.ndarray:
+    """Fashion-MNIST images (N, 1, 28, 28); split 'train' or 'test'."""
+    split = {"t10k": "test"}.get(split, split)
+    if split not in _FMNIST_FILES:
+        raise ValueError(f"Fashion-MNIST split must be 'train' or 'test', got {split!r}")
+    where = _root("fashion_mnist", root)
+    stem = os.path.join(where, _FMNIST_FILES[split])
+    for path in (stem + ".gz", stem):
+        if os.path.isfile(path):
+            return _idx_images(path)
+    raise _missing("fashion_mnist", where)
+
+
+# ---------------------------------------------------------------- CIFAR-10
+
+def _np_core():
+    return getattr(np, "_core", None) or np.core
+
+
+def _latin1_encode(text, encoding="utf-8", errors="strict"):
+    """What protocol-2 pickles of bytes call; nothing but latin1 is allowed."""
+    if encoding != "latin1" or not isinstance(text, str):
+        raise pickle.UnpicklingError("only latin1 byte strings are allowed")
+    return text.encode("latin1")
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickler that builds containers, scalars and numpy arrays, nothing else.
+
+    dict, list, str, bytes and int come from pickle opcodes; the only globals
+    it resolves are numpy's array and dtype reconstructors (under their numpy
+    1.x and 2.x module names) and a latin1-only stand-in for _codecs.encode.
+    """
+
+    def find_class(self, module, name):
+        core = _np_core()
+        allowed = {
+            ("builtins", "dict"): dict, ("builtins", "list"): list,
+            ("builtins", "bytes"): bytes, ("builtins", "str"): str, ("builtins", "int"): int,
+            ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+            ("_codecs", "encode"): _latin1_encode,
+        }
+        for mod in ("numpy.core", "numpy._core"):
+            allowed[(mod + ".multiarray", "_reconstruct")] = core.multiarray._reconstruct
+            allowed[(mod + ".numeric", "_frombuffer")] = core.numeric._frombuffer
+        if (module, name) not in allowed:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+        return allowed[(module, name)]
+
+
+def _cifar_batch(path: str) -> np.ndarray:
+    try:
+        with open(path, "rb") as f:
+            obj = _ArrayUnpickler(f, encoding="bytes").load()
+    except FileNotFoundError:
+        raise DataMissingError(f"{path}: no such file") from None
+    except Exception as e:  # an unpickler can fail in many ways on a bad file
+        raise DataFormatError(f"{path}: not a CIFAR-10 python batch ({e})") from None
+    if not isinstance(obj, dict):
+        raise DataFormatError(f"{path}: not a CIFAR-10 python batch (no dict inside)")
+    data = obj.get(b"data", obj.get("data"))
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
+            or data.shape[1] != 3 * 32 * 32:
+        desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data)
+        raise DataFormatError(f"{path}: 'data' must be a uint8 (N, 3072) array, got {desc}")
+    return data.reshape(-1, 3, 32, 32)
+
+
+_CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+
+
+def load_cifar10(split: str = "train", root=None) -> np.ndarray:
+    """CIFAR-10 images (N, 3, 32, 32) from the python batches; 'train' or 'test'."""
+    if split not in _CIFAR_FILES:
+        raise ValueError(f"CIFAR-10 split must be 'train' or 'test', got {split!r}")
+    where = _root("cifar10", root)
+    if os.path.isdir(os.path.join(where, "cifar-10-batches-py")):
+        where = os.path.join(where, "cifar-10-batches-py")
+    paths = [os.path.join(where, f) for f in _CIFAR_FILES[split]]
+    absent = [os.path.basename(p) for p in paths if not os.path.isfile(p)]
+    if absent:
+        raise _missing("cifar10", f"{where} (missing {', '.join(absent)})")
+    return np.concatenate([_cifar_batch(p) for p in paths])
+
+
+# ---------------------------------------------------------------- ImageNet npz
+
+def _npz_data_shape(path: str) -> tuple[int, ...]:
+    """Shape of 'data' in an npz, read from the member's header only."""
+    try:
+        with zipfile.ZipFile(path) as z, z.open("data.npy") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, _ = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, _, _ = np.lib.format.read_array_header_2_0(f)
+            return shape
+    except KeyError:
+        raise DataFormatError(f"{path}: npz has no 'data' array") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise DataFormatError(f"{path}: not a readable npz file ({e})") from None
+
+
+def _npz_images(path: str, side: int | None = None) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "data" not in z.files:
+                raise DataFormatError(f"{path}: npz has no 'data' array")
+            data = z["data"]
+    except DataFormatError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise DataFormatError(f"{path}: not a readable npz file ({e})") from None
+    if data.dtype != np.uint8 or data.ndim != 2:
+        raise DataFormatError(f"{path}: 'data' must be uint8 (N, 3*H*W), got "
+                              f"{data.dtype} {data.shape}")
+    s = side or math.isqrt(data.shape[1] // 3)
+    if data.shape[1] != 3 * s * s:
+        raise DataFormatError(f"{path}: 'data' rows have {data.shape[1]} values, not "
+                              f"3*{s}*{s} for square RGB images")
+    return data.reshape(-1, 3, s, s)
+
+
+def _batch_number(path: str) -> int:
+    m = re.search(r"(\d+)\.npz$", path)
+    return int(m.group(1)) if m else 0
+
+
+def _imagenet_files(where: str, split: str) -> list[str]:
+    if split == "train":
+        return sorted(glob.glob(os.path.join(where, "train_data_batch_*.npz")),
+                      key=_batch_number)
+    if split in ("val", "test"):
+        p = os.path.join(where, "val_data.npz")
+        return [p] if os.path.isfile(p) else []
+    raise ValueError(f"ImageNet split must be 'train' or 'val' ('test'), got {split!r}")
+
+
+def _load_npz_split(files: list[str], side, n, offset, what) -> np.ndarray:
+    """Concatenate the [offset, offset+n) window of several npz files, loading only those needed."""
+    counts = [_npz_data_shape(p)[0] for p in files]
+    start, stop = _window(sum(counts), n, offset, what)
+    parts, base = [], 0
+    for p, c in zip(files, counts):
+        lo, hi = max(start - base, 0), min(stop - base, c)
+        if lo < hi:
+            parts.append(_npz_images(p, side)[lo:hi])
+        base += c
+    if not parts:
+        return _npz_images(files[0], side)[:0]
+    return np.concatenate(parts)
+
+
+def load_imagenet(side: int, split: str = "train", root=None, n=None, offset=0) -> np.ndarray:
+    """Downsampled ImageNet (N, 3, side, side), side 32 or 64; 'train' or 'val'."""
+    name = f"imagenet{side}"
+    if name not in ENV_VARS:
+        raise ValueError(f"ImageNet side must be 32 or 64, got {side}")
+    where = _root(name, root)
+    files = _imagenet_files(where, split)
+    if not files:
+        raise _missing(name, f"{where} (no {split} npz files)")
+    return _load_npz_split(files, side, n, offset, f"{_pretty(name)} {split}")
+
+
+# ---------------------------------------------------------------- PNG folders
+
+def _png_files(folder: str) -> list[str]:
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                  if f.lower().endswith(".png") and os.path.isfile(os.path.join(folder, f)))
+
+
+def load_png_folder(path, split: str = "train", n=None, offset=0) -> np.ndarray:
+    """PNGs of one size and mode, sorted by file name, as (N, C, H, W).
+
+    If `path` has subfolders train/ and test/, the split picks one; otherwise
+    the folder itself is the data for every split.
+    """
+    from .imageio import UnsupportedImageError, read_image
+
+    path = os.fspath(path)
+    folder = path
+    if os.path.isdir(os.path.join(path, "train")) and os.path.isdir(os.path.join(path, "test")):
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        folder = os.path.join(path, split)
+    files = _png_files(folder)
+    if not files:
+        raise DataMissingError(f"no PNG files found at {folder}")
+    start, stop = _window(len(files), n, offset, folder)
+    arrays, first = [], None
+    for f in files[start:stop] or files[:1]:
+        try:
+            im = read_image(f)
+        except UnsupportedImageError as e:
+            raise DataFormatError(str(e)) from None
+        if first is None:
+            first = im
+        elif (im.mode, im.pixels.shape) != (first.mode, first.pixels.shape):
+            raise DataFormatError(
+                f"{f}: {im.mode} {im.width}x{im.height} differs from {first.name}: "
+                f"{first.mode} {first.width}x{first.height}; all PNGs must share size and mode")
+        arrays.append(im.pixels.transpose(2, 0, 1))
+    return np.stack(arrays)[: stop - start]  # n=0 still reads one file for the shape
+
+
+# ---------------------------------------------------------------- dispatch
+
+def _detect_dir(path: str) -> str:
+    def has(pattern):
+        return bool(glob.glob(os.path.join(path, pattern)))
+    if has("data_batch_1") or has("test_batch") or has("cifar-10-batches-py"):
+        return "cifar10"
+    if has("*-idx3-ubyte") or has("*-idx3-ubyte.gz"):
+        return "idx"
+    if has("train_data_batch_*.npz") or has("val_data.npz"):
+        return "npz"
+    if _png_files(path) or (os.path.isdir(os.path.join(path, "train"))
+                            and os.path.isdir(os.path.join(path, "test"))):
+        return "png"
+    raise DataFormatError(f"{path}: cannot tell what dataset this is (expected CIFAR-10 "
+                          "batches, IDX files, ImageNet npz files or PNGs)")
+
+
+def _detect_file(path: str) -> str:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:2] == b"\x1f\x8b" or (head[:2] == b"\0\0" and len(head) == 4):
+        return "idx"
+    if head[:4] == b"PK\x03\x04":
+        return "npz"
+    if head[:1] == b"\x80":
+        return "pickle"
+    raise DataFormatError(f"{path}: not an IDX, npz or CIFAR-10 batch file")
+
+
+def _load_path(path: str, split: str, n, offset) -> np.ndarray:
+    if not os.path.exists(path):
+        raise DataMissingError(f"dataset path {path} does not exist")
+    if os.path.isfile(path):
+        kind = _detect_file(path)
+        if kind == "npz":
+            return _load_npz_split([path], None, n, offset, path)
+        arr = _idx_images(path) if kind == "idx" else _cifar_batch(path)
+    else:
+        kind = _detect_dir(path)
+        if kind == "png":
+            return load_png_folder(path, split, n, offset)
+        if kind == "npz":
+            files = _imagenet_files(path, split)
+            if not files:
+                raise DataMissingError(f"{path}: no {split} npz files (want "
+                                       "train_data_batch_*.npz or val_data.npz)")
+            return _load_npz_split(files, None, n, offset, f"{path} {split}")
+        arr = (load_cifar10(split, path) if kind == "cifar10"
+               else load_fashion_mnist(split, path))
+    start, stop = _window(len(arr), n, offset, path)
+    return arr[start:stop]
+
+
+def load_dataset(name_or_path: str, split: str = "train", n: int | None = None,
+                 offset: int = 0, root=None) -> np.ndarray:
+    """uint8 (N, C, H, W) images `offset .. offset+n` of a dataset split.
+
+    `name_or_path` is 'fashion_mnist', 'cifar10', 'imagenet32', 'imagenet64'
+    (located by `root`, else an environment variable, see ENV_VARS) or a path
+    whose content decides the format. n=None means to the end.
+    """
+    name = name_or_path.lower().replace("-", "_") if isinstance(name_or_path, str) else None
+    if name in ("imagenet32", "imagenet64"):
+        return load_imagenet(int(name[-2:]), split, root, n, offset)
+    if name == "fashion_mnist":
+        arr = load_fashion_mnist(split, root)
+    elif name == "cifar10":
+        arr = load_cifar10(split, root)
+    else:
+        return _load_path(os.fspath(name_or_path), split, n, offset)
+    start, stop = _window(len(arr), n, offset, f"{_pretty(name)} {split}")
+    return arr[start:stop]
+
+
+# ---------------------------------------------------------------- batching
+
+def iterate_batches(array: np.ndarray, batch_size: int, shuffle: bool = True,
+                    seed: int = 0, drop_last: bool = False):
+    """Yield batches (views or copies) of the first axis for one epoch.
+
+    The order comes from numpy's default_rng(seed) only, so a run is
+    reproducible; pass a different seed per epoch (e.g. seed + epoch).
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    count = len(array)
+    order = np.random.default_rng(seed).permutation(count) if shuffle else None
+    end = count - count % batch_size if drop_last else count
+    for i in range(0, end, batch_size):
+        yield array[order[i:i + batch_size]] if shuffle else array[i:i + batch_size]
+
+
+def shard_bounds(total: int, index: int, count: int) -> tuple[int, int]:
+    """[start, stop) of shard `index` of `count` contiguous shards over `total` items.
+
+    Shard i is [i*total//count, (i+1)*total//count): sizes differ by at most
+    one and the shards, in order, cover every item exactly once.
+    """
+    if count <= 0 or not 0 <= index < count:
+        raise ValueError(f"need 0 <= index < count, got index={index}, count={count}")
+    return index * total // count, (index + 1) * total // count
+
+
+def shard(array: np.ndarray, index: int, count: int) -> np.ndarray:
+    """Contiguous shard `index` of `count` of the first axis (see shard_bounds)."""
+    start, stop = shard_bounds(len(array), index, count)
+    return array[start:stop]
