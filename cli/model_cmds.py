@@ -82,6 +82,7 @@ def train(model_name, data, out, steps, batch_size, lr, warmup, lr_decay_to, ema
         if export:
             fp = save_model(trainer.ema.model, export, {"ema": True, "step": trainer.step})
             click.echo(f"exported {export} (fingerprint {fp[:16]})")
+    dist.barrier()          # rank 0 evaluates and exports alone; tear down together
     dist.shutdown()
 
 
@@ -144,9 +145,11 @@ def sample(model_path, n, steps, seed, snapshots, out, force):
     """Draw samples (Algorithm 2) and write a PNG: one row per sample, the
     progressive x0_hat estimates left to right, the sample last."""
     from ddpm_codec.checkpoint import load_model
-    from ddpm_codec.imageio import write_png
+    from ddpm_codec.imageio import OutputExistsError, write_png
     from ddpm_codec.sampling import sample as draw, grid
 
+    if os.path.exists(out) and not force:       # refuse before sampling, not after
+        raise OutputExistsError(f"{out}: output exists; pass --force to overwrite")
     model, _ = load_model(model_path)
     _, frames = draw(model, n, steps, seed=seed, snapshots=snapshots)
     img = grid(frames)
@@ -155,6 +158,21 @@ def sample(model_path, n, steps, seed, snapshots, out, force):
     click.echo(f"wrote {out}: {n} samples x {frames.shape[1]} frames, {steps} steps")
 
 
+@click.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--to", "dest", required=True, help="PATH for PATH.safetensors + PATH.json")
+@click.option("--recommended-steps", default=100, show_default=True,
+              help="T_eval that compress uses by default with this model")
+def export(run_dir, dest, recommended_steps):
+    """Export a training run's EMA weights as a model (safetensors + JSON)."""
+    from ddpm_codec.checkpoint import load_model, save_model
+    src = Path(run_dir) / "last" / "model"
+    model, meta = load_model(str(src))
+    extra = {k: meta[k] for k in ("ema", "step", "train", "note") if k in meta}
+    fp = save_model(model, dest, {**extra, "recommended_steps": recommended_steps})
+    click.echo(f"exported {src} -> {dest} (step {meta.get('step')}, fingerprint {fp[:16]})")
+
+
 def register(group):
-    for cmd in (train, nll, merge, sample):
+    for cmd in (train, nll, merge, sample, export):
         group.add_command(cmd)

@@ -1,0 +1,95 @@
+"""The Python API: arrays in, bytes out, and back.
+
+    from ddpm_codec.api import Codec
+    codec = Codec()                                  # the shipped default model
+    data, report = codec.compress([img])             # img: (H, W) or (H, W, C) uint8
+    [back] = codec.decompress_arrays(data)           # identical pixels
+
+`compress` takes numpy arrays or `imageio.Image` records (name and mode
+kept); `decompress` returns records with `.pixels` (H, W, C), `.name`,
+`.mode`.  The CLI calls exactly these.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import container
+from .checkpoint import load_model
+from .lossless import ImageRecord, _units, decode as lossless_decode, encode as lossless_encode
+
+DEFAULT_STEPS = 100
+MODES_BY_CHANNELS = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+
+
+def _record(im, k) -> ImageRecord:
+    if isinstance(im, np.ndarray):
+        a = im
+        if a.dtype != np.uint8:
+            raise container.CodecError(f"image {k}: pixels must be uint8, got {a.dtype}")
+        if a.ndim == 2:
+            a = a[:, :, None]
+        if a.ndim != 3 or a.shape[2] not in MODES_BY_CHANNELS or min(a.shape[:2]) < 1:
+            raise container.CodecError(f"image {k}: expected (H, W) or (H, W, C) with C in 1..4, got {im.shape}")
+        return ImageRecord(np.ascontiguousarray(a), f"image{k}.png", MODES_BY_CHANNELS[a.shape[2]])
+    pixels = im.pixels if im.pixels.ndim == 3 else im.pixels[:, :, None]
+    return ImageRecord(np.ascontiguousarray(pixels), getattr(im, "name", f"image{k}.png"), im.mode)
+
+
+def stream_mode(data: bytes) -> str:
+    """'lossless' or 'lossy' (raises StreamError for anything else)."""
+    return container.parse(data, allow_truncated=True).mode
+
+
+def stream_names(data: bytes) -> list[str]:
+    """Names of the images in a stream, from its header alone."""
+    c = container.parse(data, allow_truncated=True)
+    imgs = c.header.get("images")
+    if not isinstance(imgs, list) or not all(isinstance(r, list) and r and isinstance(r[0], str) for r in imgs):
+        raise container.StreamError("corrupt stream: bad image list")
+    return [r[0] for r in imgs]
+
+
+class Codec:
+    def __init__(self, model="default", device="cpu"):
+        self.model, self.meta = load_model(model, device)
+        self.fingerprint = self.meta["fingerprint"]
+        self.default_steps = int(self.meta.get("recommended_steps", DEFAULT_STEPS))
+
+    def _steps(self, steps):
+        steps = int(steps or self.default_steps)
+        T = self.model.schedule.T
+        if steps < 1 or (T is not None and steps > T):
+            raise container.CodecError(f"--steps must be between 1 and {T or 'any'}; got {steps}")
+        return steps
+
+    def count_units(self, images) -> int:
+        recs = [_record(im, k) for k, im in enumerate(images)]
+        return len(_units(recs, self.model.channels, self.model.unet.multiple))
+
+    # ---- lossless ----------------------------------------------------
+    def compress(self, images, steps=None, encrypt=True, progress=None):
+        recs = [_record(im, k) for k, im in enumerate(images)]
+        with torch.no_grad():
+            return lossless_encode(recs, self.model, self.fingerprint, steps=self._steps(steps),
+                                   encrypt=encrypt, progress=progress)
+
+    def decompress(self, data: bytes, progress=None) -> list[ImageRecord]:
+        with torch.no_grad():
+            return lossless_decode(data, self.model, self.fingerprint, progress=progress)
+
+    def decompress_arrays(self, data: bytes) -> list[np.ndarray]:
+        """Decoded pixels only: (H, W) for one channel, else (H, W, C)."""
+        return [r.pixels[:, :, 0] if r.pixels.shape[2] == 1 else r.pixels for r in self.decompress(data)]
+
+    # ---- lossy (progressive) ------------------------------------------
+    def compress_lossy(self, images, steps=None, bpd=None, stop_at=None):
+        from . import lossy
+        recs = [_record(im, k) for k, im in enumerate(images)]
+        return lossy.encode(recs, self.model, self.fingerprint, steps=self._steps(steps), bpd=bpd,
+                            stop_at=stop_at)
+
+    def decompress_lossy(self, data: bytes, stop_at=None, max_bytes=None, stochastic=False):
+        from . import lossy
+        return lossy.decode(data, self.model, self.fingerprint, stop_at=stop_at, max_bytes=max_bytes,
+                            stochastic=stochastic)
