@@ -58,6 +58,10 @@ class DataMissingError(DataError):
     """A dataset or one of its files is not where it was looked for."""
 
 
+class DataRequestError(DataError, ValueError):
+    """A request the data cannot satisfy (split name, n beyond the split)."""
+
+
 class DataFormatError(DataError):
     """A dataset file exists but does not hold what its format promises."""
 
@@ -87,10 +91,10 @@ def _root(name: str, root) -> str:
 def _window(total: int, n: int | None, offset: int, what: str) -> tuple[int, int]:
     """[start, stop) of the n items at `offset` among `total`, checked."""
     if offset < 0 or (n is not None and n < 0):
-        raise ValueError(f"n and offset must be non-negative (n={n}, offset={offset})")
+        raise DataRequestError(f"n and offset must be non-negative (n={n}, offset={offset})")
     stop = total if n is None else offset + n
     if stop > total or offset > total:
-        raise ValueError(f"{what} has {total} images; n={n} at offset={offset} is out of range")
+        raise DataRequestError(f"{what} has {total} images; n={n} at offset={offset} is out of range")
     return offset, stop
 
 
@@ -162,7 +166,7 @@ def load_fashion_mnist(split: str = "train", root=None) -> np.ndarray:
     """Fashion-MNIST images (N, 1, 28, 28); split 'train' or 'test'."""
     split = {"t10k": "test"}.get(split, split)
     if split not in _FMNIST_FILES:
-        raise ValueError(f"Fashion-MNIST split must be 'train' or 'test', got {split!r}")
+        raise DataRequestError(f"Fashion-MNIST split must be 'train' or 'test', got {split!r}")
     where = _root("fashion_mnist", root)
     stem = os.path.join(where, _FMNIST_FILES[split])
     for path in (stem + ".gz", stem):
@@ -232,7 +236,7 @@ _CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["tes
 def load_cifar10(split: str = "train", root=None) -> np.ndarray:
     """CIFAR-10 images (N, 3, 32, 32) from the python batches; 'train' or 'test'."""
     if split not in _CIFAR_FILES:
-        raise ValueError(f"CIFAR-10 split must be 'train' or 'test', got {split!r}")
+        raise DataRequestError(f"CIFAR-10 split must be 'train' or 'test', got {split!r}")
     where = _root("cifar10", root)
     if os.path.isdir(os.path.join(where, "cifar-10-batches-py")):
         where = os.path.join(where, "cifar-10-batches-py")

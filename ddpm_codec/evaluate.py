@@ -31,6 +31,9 @@ def evaluate_nll(model: DiffusionModel, images: np.ndarray, steps: int, batch: i
     The noise for image i is drawn from a generator seeded with (seed, i), so
     a sharded run draws exactly what the unsharded run draws."""
     times = model.schedule.chain(steps)
+    # the noise of a batch is (K+1) x batch images in float64: keep it under ~256 MB
+    per_image = (times.numel() + 1) * int(np.prod(images.shape[1:])) * 8
+    batch = max(1, min(batch, int(256e6 // per_image)))
     parts = []
     with tqdm(total=len(images), desc=f"nll ({steps} steps)", disable=not progress, unit="img") as bar:
         for a in range(0, len(images), batch):
