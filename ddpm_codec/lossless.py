@@ -42,6 +42,12 @@ from .model import DiffusionModel
 CODEC = "bitswap"
 MAX_UNITS = 1 << 20
 MAX_DIMS = 1 << 30
+# Decoding work (chain steps x padded dims, plus a per-group charge) that a
+# header may ask for: this floor, or this much per payload bit (legit streams
+# carry >= ~1 bit/dim, so they stay orders of magnitude below it).
+MIN_WORK = 1 << 24
+WORK_PER_PAYLOAD_BIT = 1 << 14
+WORK_PER_GROUP = 1024
 
 
 @dataclass
@@ -55,8 +61,11 @@ class ImageRecord:
 class EncodeReport:
     file_bytes: int = 0
     dims: int = 0                  # sum of H*W*C of the original images
-    seed_bits_consumed: int = 0    # seed words a pop touched (stored in the file)
+    seed_bits_consumed: int = 0    # PRNG seed bits a pop touched (stored in the file)
     seed_words_added: int = 0
+    seed_units: int = 0            # units coded classically as the seed
+    seed_bits: int = 0             # bits of those classical codes
+    chain_dims: int = 0            # dims coded by the chain (net_bits is theirs)
     net_bits: int = 0              # stream bits minus the seed bits
     ideal_net_bits: float = 0.0
     groups: list = field(default_factory=list)
@@ -69,7 +78,8 @@ class EncodeReport:
 
     @property
     def net_bpd(self):
-        return self.net_bits / self.dims
+        """Chain bits per chain dim (stream bits minus the seed)."""
+        return self.net_bits / max(self.chain_dims, 1)
 
 
 # ---- units ---------------------------------------------------------------
@@ -112,10 +122,66 @@ def _shape_groups(units):
     return list(by.values())
 
 
+# ---- the seed: real data for the first pops ----------------------------------
+SEED_CODECS = ("png", "webp", "jpegxl")
+
+
+def _classical_best(unit: np.ndarray):
+    """(codec, bytes) of the smallest exact classical coding of a (C, H, W) unit."""
+    from . import classical
+    hwc = unit.transpose(1, 2, 0)
+    best = None
+    for codec in SEED_CODECS:
+        if not classical.codec_status(codec)[0] or (codec == "webp" and hwc.shape[2] == 2):
+            continue
+        data = classical.encode_lossless(codec, hwc if hwc.shape[2] != 1 else hwc[:, :, 0])
+        if best is None or len(data) < len(best[1]):
+            best = (codec, data)
+    return best
+
+
+def _seed_words(codes) -> np.ndarray:
+    """Classical codes, length-prefixed, padded to whole 32-bit words."""
+    from .lossy import _varint
+    buf = b"".join(_varint(len(c)) + c for c in codes)
+    buf += b"\0" * (-len(buf) % 4)
+    return np.frombuffer(buf, dtype="<u4").astype(np.uint32)
+
+
+def _unseed(words: np.ndarray, count: int) -> list[bytes]:
+    from .lossy import _read_varint
+    buf = words.astype("<u4").tobytes()
+    out, pos = [], 0
+    for _ in range(count):
+        n, pos = _read_varint(buf, pos)
+        if n is None or pos + n > len(buf):
+            raise C.StreamError("corrupt stream: the seed data does not parse")
+        out.append(buf[pos:pos + n])
+        pos += n
+    if any(buf[pos:]):
+        raise C.StreamError("corrupt stream: stray bytes after the seed data")
+    return out
+
+
 # ---- encode -------------------------------------------------------------
 def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, steps: int = 100,
            grid_fraction: float = 0.25, encrypt: bool = True, max_group: int = 64,
-           progress=None) -> tuple[bytes, EncodeReport]:
+           progress=None, seed_mode: str = "classical") -> tuple[bytes, EncodeReport]:
+    """seed_mode "classical": the first units are coded with the best classical
+    lossless codec and those bits are the initial bits of the first pops (real
+    data, not dead weight); as many units as the first group needs.  With a
+    single unit the smaller of "classical only" and a PRNG-seeded chain wins.
+    seed_mode "random": PRNG seed words (the literature's initial bits)."""
+    if seed_mode not in ("classical", "random"):
+        raise ValueError("seed_mode must be 'classical' or 'random'")
+    if seed_mode == "classical" and len(_units(images, model.channels, model.unet.multiple)) == 1:
+        a = _encode(images, model, fingerprint, steps, grid_fraction, encrypt, max_group, progress, "classical")
+        b = _encode(images, model, fingerprint, steps, grid_fraction, encrypt, max_group, None, "random")
+        return a if len(a[0]) <= len(b[0]) else b
+    return _encode(images, model, fingerprint, steps, grid_fraction, encrypt, max_group, progress, seed_mode)
+
+
+def _encode(images, model, fingerprint, steps, grid_fraction, encrypt, max_group, progress, seed_mode):
     t_start = time.perf_counter()
     if not images:
         raise C.CodecError("nothing to compress: no images given")
@@ -126,50 +192,72 @@ def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, s
     seed = int.from_bytes(bytes.fromhex(checksum)[:8], "little") >> 1
     times = model.schedule.chain(steps)
     chain = DiffusionChain(model, times, grid_fraction)
-    msg = Message.empty()
     rep = EncodeReport(dims=int(sum(im.pixels.size for im in images)))
-    groups = []          # (shape group id, start, size)
+    order = [n for members in _shape_groups(units) for n in members]
+    # classical seed: units order[:m] are coded classically, the rest by the chain
+    seed_codes, m = [], 0
+    base_words = np.zeros(0, np.uint32)
+    groups = []          # [first position in `order`, size]
     seed_added = 0
     need_per_unit = None     # bits one unit draws from the stack, measured on the first group
-    for gid, members in enumerate(_shape_groups(units)):
-        pos = 0
-        while pos < len(members):
-            size = 1
-            if need_per_unit:
-                size = max(1, min(max_group, len(members) - pos, int(msg.num_bits() / need_per_unit)))
-            while True:
-                x = np.stack([units[members[pos + j]][2] for j in range(size)])
-                first = msg.num_bits() == 0 and not groups
-                try:
-                    new, st = bitswap.encode(x, chain, msg, seed=seed + len(groups), encrypt=encrypt,
-                                             initial="auto" if first else np.zeros(0, np.uint32),
-                                             initial_seed=seed)
-                except InsufficientInitialBits:
-                    if size == 1:
-                        raise C.CodecError("internal: a single unit could not be funded by the stack")
-                    size = max(1, size // 2)
-                    continue
-                break
-            if first:
-                seed_added = st.added_initial_words
-                need_per_unit = 1.15 * st.initial_bits_used
-            rep.ideal_net_bits += st.ideal_net_bits
-            msg = new
-            groups.append([gid, pos, size])
-            pos += size
+    msg = Message.empty()
+    pos = 0
+    while pos < len(order):
+        shape = units[order[pos]][2].shape
+        run = 1
+        while pos + run < len(order) and units[order[pos + run]][2].shape == shape:
+            run += 1
+        size = 1
+        if need_per_unit:
+            size = max(1, min(max_group, run, int(msg.num_bits() / need_per_unit)))
+        first = not groups
+        x = np.stack([units[order[pos + j]][2] for j in range(size)])
+        try:
+            if first and seed_mode == "random":
+                new, st = bitswap.encode(x, chain, None, seed=seed, encrypt=encrypt, initial="auto",
+                                         initial_seed=seed)
+            else:
+                new, st = bitswap.encode(x, chain, msg, seed=seed + len(groups), encrypt=encrypt,
+                                         initial=np.zeros(0, np.uint32), initial_seed=seed)
+        except InsufficientInitialBits:
+            if size > 1:
+                need_per_unit *= 1.5
+                continue
+            if not first:
+                raise C.CodecError("internal: a single unit could not be funded by the stack")
+            # the stack cannot fund the first chain group yet: one more classical unit
+            codec, code = _classical_best(units[order[pos]][2])
+            seed_codes.append((codec, code))
+            base_words = _seed_words([c for _, c in seed_codes])
+            msg = Message.from_words(base_words)
+            m += 1
+            pos += 1
             if progress:
-                progress(size)
+                progress(1)
+            continue
+        if first:
+            seed_added = st.added_initial_words
+            need_per_unit = 1.15 * max(st.initial_bits_used, 1) / size
+        rep.ideal_net_bits += st.ideal_net_bits
+        msg = new
+        groups.append([pos, size])
+        pos += size
+        if progress:
+            progress(size)
     words = msg.words()
-    base = seeded_words(seed, seed_added)
     n_common = 0
-    lim = min(base.size, words.size)
-    while n_common < lim and words[n_common] == base[n_common]:
-        n_common += 1
+    if seed_mode == "random":
+        base = seeded_words(seed, seed_added)
+        lim = min(base.size, words.size)
+        while n_common < lim and words[n_common] == base[n_common]:
+            n_common += 1
     payload = words[n_common:].astype("<u4").tobytes()
     header = {
         "codec": CODEC, "steps": int(steps), "times_sha": _times_hash(times),
         "grid_fraction": float(grid_fraction), "seed": seed, "encrypt": bool(encrypt),
-        "seed_words": int(seed_added), "seed_words_omitted": int(n_common),
+        "seed_mode": seed_mode, "seed_codecs": [c for c, _ in seed_codes],
+        "seed_words": int(seed_added if seed_mode == "random" else base_words.size),
+        "seed_words_omitted": int(n_common),
         "groups": groups,
         "images": [[im.name, im.mode, *map(int, im.pixels.shape)] for im in images],
         "pixels_sha256": checksum,
@@ -179,8 +267,11 @@ def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, s
     data = C.pack(C.Container("lossless", fingerprint, header, payload, encrypt))
     rep.file_bytes = len(data)
     rep.seed_words_added = seed_added
-    rep.seed_bits_consumed = 32 * (seed_added - n_common)
-    rep.net_bits = msg.num_bits() - 32 * seed_added
+    rep.seed_bits_consumed = 32 * (seed_added - n_common) if seed_mode == "random" else 0
+    rep.seed_units = m
+    rep.seed_bits = 32 * int(base_words.size)
+    rep.net_bits = msg.num_bits() - (32 * seed_added if seed_mode == "random" else 32 * int(base_words.size))
+    rep.chain_dims = int(sum(units[order[n]][2].size for n in range(m, len(order))))
     rep.groups = groups
     rep.network_s = chain.network_seconds
     rep.total_s = time.perf_counter() - t_start
@@ -188,16 +279,9 @@ def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, s
 
 
 # ---- decode -------------------------------------------------------------
-def _check_header(h: dict, payload_bytes: int):
-    F = C.field
-    if F(h, "codec", str) != CODEC:
-        raise C.StreamError(f"unknown lossless codec {h.get('codec')!r}")
-    F(h, "steps", int, 1, 100000)
-    F(h, "grid_fraction", float, 1e-6, 1e3)
-    F(h, "seed", int, 0, (1 << 63) - 1)
-    F(h, "seed_words", int, 0, 1 << 28)
-    F(h, "seed_words_omitted", int, 0, h["seed_words"])
-    imgs = F(h, "images", list)
+def check_image_list(h: dict, payload_bytes: int) -> list:
+    """The header's image list [name, mode, H, W, C], bounded by the payload."""
+    imgs = C.field(h, "images", list)
     if not 1 <= len(imgs) <= MAX_UNITS:
         raise C.StreamError("corrupt stream: image count out of range")
     dims = 0
@@ -209,12 +293,31 @@ def _check_header(h: dict, payload_bytes: int):
         dims += im[2] * im[3] * im[4]
     if dims > MAX_DIMS or dims > 64 * 8 * max(payload_bytes, 64) * 64:
         raise C.StreamError("corrupt stream: image sizes do not fit the payload")
+    return imgs
+
+
+def _check_header(h: dict, payload_bytes: int):
+    F = C.field
+    if F(h, "codec", str) != CODEC:
+        raise C.StreamError(f"unknown lossless codec {h.get('codec')!r}")
+    F(h, "steps", int, 1, 100000)
+    F(h, "grid_fraction", float, 1e-6, 1e3)
+    F(h, "seed", int, 0, (1 << 63) - 1)
+    F(h, "seed_words", int, 0, 16 * (payload_bytes // 4) + 4096)    # the consumed seed is in the payload
+    F(h, "seed_words_omitted", int, 0, h["seed_words"])
+    imgs = check_image_list(h, payload_bytes)
     groups = F(h, "groups", list)
-    if not groups or len(groups) > MAX_UNITS:
+    if len(groups) > MAX_UNITS:
         raise C.StreamError("corrupt stream: bad group list")
     for g in groups:
-        if not (isinstance(g, list) and len(g) == 3 and all(isinstance(v, int) and v >= 0 for v in g)):
+        if not (isinstance(g, list) and len(g) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                            and v >= 0 for v in g)):
             raise C.StreamError("corrupt stream: bad group record")
+    if F(h, "seed_mode", str) not in ("classical", "random"):
+        raise C.StreamError("corrupt stream: unknown seed mode")
+    codecs = F(h, "seed_codecs", list)
+    if len(codecs) > len(imgs) * 4 or any(c not in SEED_CODECS for c in codecs):
+        raise C.StreamError("corrupt stream: bad seed codec list")
     F(h, "pixels_sha256", str)
 
 
@@ -227,33 +330,49 @@ def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None) 
     _check_header(h, len(c.payload))
     if len(c.payload) % 4:
         raise C.StreamError("corrupt stream: payload is not whole words")
-    times = model.schedule.chain(h["steps"])
+    try:
+        times = model.schedule.chain(h["steps"])
+    except ValueError as e:
+        raise C.StreamError(f"corrupt stream: its chain does not fit this model ({e})")
     if _times_hash(times) != h.get("times_sha"):
         raise C.ModelMismatch("stream's chain times differ from this model's chain")
     images = [ImageRecord(np.zeros((hh, ww, cc), np.uint8), name, mode) for name, mode, hh, ww, cc in h["images"]]
-    units = _units(images, model.channels, model.unet.multiple)
-    members_of = _shape_groups(units)
+    try:
+        units = _units(images, model.channels, model.unet.multiple)
+    except C.CodecError as e:
+        raise C.StreamError(f"corrupt stream: {e}")
+    order = [n for members in _shape_groups(units) for n in members]
+    codecs = h["seed_codecs"]
+    m = len(codecs) if h["seed_mode"] == "classical" else 0
     groups = h["groups"]
-    # the groups must tile every shape group exactly, in order
-    cover = {}
-    for gid, pos, size in groups:
-        if gid >= len(members_of) or size < 1 or cover.get(gid, 0) != pos or pos + size > len(members_of[gid]):
+    # the groups must tile order[m:] exactly, in order, each of one shape
+    expect = m
+    for pos, size in groups:
+        if pos != expect or size < 1 or pos + size > len(order) or \
+                len({units[order[pos + j]][2].shape for j in range(size)}) != 1:
             raise C.StreamError("corrupt stream: groups do not match the images")
-        cover[gid] = pos + size
-    if any(cover.get(g, 0) != len(m) for g, m in enumerate(members_of)):
+        expect = pos + size
+    if expect != len(order) or m > len(order):
         raise C.StreamError("corrupt stream: groups do not cover the images")
-    words = np.concatenate([seeded_words(h["seed"], h["seed_words_omitted"]),
-                            np.frombuffer(c.payload, dtype="<u4").astype(np.uint32)])
+    work = h["steps"] * (sum(u[2].size for u in units) + WORK_PER_GROUP * len(groups))
+    if work > max(MIN_WORK, WORK_PER_PAYLOAD_BIT * 8 * len(c.payload)):
+        raise C.StreamError("corrupt stream: the header asks for more decoding work than its payload justifies")
+    payload_words = np.frombuffer(c.payload, dtype="<u4").astype(np.uint32)
+    if h["seed_mode"] == "random":
+        words = np.concatenate([seeded_words(h["seed"], h["seed_words_omitted"]), payload_words])
+    else:
+        words = payload_words
     msg = Message.from_words(words)
     chain = DiffusionChain(model, times, h["grid_fraction"])
     threads = torch.get_num_threads()
-    want = h.get("determinism", {}).get("threads")
+    det = h.get("determinism")
+    want = det.get("threads") if isinstance(det, dict) else None
     if isinstance(want, int) and 1 <= want <= 1024:
         torch.set_num_threads(want)
     try:
         for n in range(len(groups) - 1, -1, -1):
-            gid, pos, size = groups[n]
-            members = members_of[gid][pos:pos + size]
+            pos, size = groups[n]
+            members = order[pos:pos + size]
             shape = (size, *units[members[0]][2].shape)
             x, msg = bitswap.decode(msg, chain, shape, seed=h["seed"] + n, encrypt=h.get("encrypt", True),
                                     expect_initial=None)
@@ -261,15 +380,30 @@ def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None) 
                 units[m][2][...] = x[j]
             if progress:
                 progress(size)
-    except BitsBackError as e:
+    except (BitsBackError, ValueError, ArithmeticError) as e:     # garbage latents: escapes, non-finite values
         raise C.StreamError(f"decoding failed ({type(e).__name__}): the stream is damaged or was made "
                             f"under different conditionals (see the determinism contract)")
     finally:
         torch.set_num_threads(threads)
     left = msg.words()
-    if not np.array_equal(left, seeded_words(h["seed"], h["seed_words"])):
-        raise C.StreamError("decoding failed: the seed bits did not come back (damaged stream or "
-                            "conditionals that differ from the encoder's)")
+    if h["seed_mode"] == "random":
+        if not np.array_equal(left, seeded_words(h["seed"], h["seed_words"])):
+            raise C.StreamError("decoding failed: the seed bits did not come back (damaged stream or "
+                                "conditionals that differ from the encoder's)")
+    else:
+        if left.size != h["seed_words"]:
+            raise C.StreamError("decoding failed: the seed data did not come back intact (damaged stream "
+                                "or conditionals that differ from the encoder's)")
+        from . import classical
+        for n, (codec, code) in enumerate(zip(codecs, _unseed(left, m))):
+            u = units[order[n]][2]
+            try:
+                px = classical.decode(codec, code, u.shape[0])
+            except Exception:  # noqa: BLE001 - any failure of a third-party decoder on damaged data
+                raise C.StreamError("corrupt stream: a seed image does not decode")
+            if px.shape != (u.shape[1], u.shape[2], u.shape[0]):
+                raise C.StreamError("corrupt stream: a seed image has the wrong size")
+            u[...] = px.transpose(2, 0, 1)
     # reassemble images from units (crop the padding)
     for i, j, u in units:
         im = images[i]

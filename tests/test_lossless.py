@@ -70,7 +70,7 @@ def test_net_bits_track_closed_form_vlb(fmnist_images):
     fp = fingerprint(model)
     steps = 20
     images = [_rec(a.transpose(1, 2, 0).copy()) for a in x]
-    data, rep = lossless.encode(images, model, fp, steps=steps)
+    data, rep = lossless.encode(images, model, fp, steps=steps, seed_mode="random")
     terms = chain_terms(model, torch.from_numpy(x.copy()), model.schedule.chain(steps),
                         torch.Generator().manual_seed(0))
     vlb_bits = float(terms.total.sum())
@@ -88,8 +88,8 @@ def test_groups_fund_later_images(tiny, fmnist_images):
     """Only the first group reads seed bits: more images do not need more seed."""
     model, fp, _ = tiny
     images = [_rec(a.transpose(1, 2, 0).copy()) for a in fmnist_images[:12]]
-    _, rep1 = lossless.encode(images[:1], model, fp, steps=3)
-    _, rep12 = lossless.encode(images, model, fp, steps=3)
+    _, rep1 = lossless.encode(images[:1], model, fp, steps=3, seed_mode="random")
+    _, rep12 = lossless.encode(images, model, fp, steps=3, seed_mode="random")
     assert len(rep12.groups) >= 2
     assert rep12.seed_words_added == rep1.seed_words_added
 
@@ -124,3 +124,30 @@ def test_damaged_payload_with_valid_crc_is_caught(tiny, fmnist_images):
     bad = container.pack(container.Container(c.mode, c.fingerprint, c.header, bytes(payload), c.encrypted))
     with pytest.raises(container.StreamError):
         lossless.decode(bad, model, fp)
+
+
+def test_classical_seed_is_real_data(fmnist_images):
+    """With the default seed, the first units are classical codes whose bits the
+    first pops consume: no PRNG seed is stored, the file holds the classical
+    bytes plus the chain's net bits, and everything decodes exactly."""
+    x = fmnist_images[:12]
+    model = closed_form_model(torch.from_numpy(x.copy()))
+    fp = fingerprint(model)
+    images = [_rec(a.transpose(1, 2, 0).copy()) for a in x]
+    data, rep = lossless.encode(images, model, fp, steps=10)
+    assert rep.seed_units >= 1 and rep.seed_bits_consumed == 0
+    c = container.parse(data)
+    assert c.header["seed_mode"] == "classical" and len(c.header["seed_codecs"]) == rep.seed_units
+    # payload = the seed's classical bytes + the chain's net bits (whole words)
+    assert abs(8 * len(c.payload) - (rep.seed_bits + rep.net_bits)) <= 64
+    out = lossless.decode(data, model, fp)
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(images, out))
+
+
+def test_single_image_takes_the_smaller_code(tiny, fmnist_images):
+    model, fp, _ = tiny
+    img = [_rec(fmnist_images[0].transpose(1, 2, 0).copy())]
+    data, _ = lossless.encode(img, model, fp, steps=3)
+    rnd, _ = lossless.encode(img, model, fp, steps=3, seed_mode="random")
+    assert len(data) <= len(rnd)
+    assert np.array_equal(lossless.decode(data, model, fp)[0].pixels, img[0].pixels)
