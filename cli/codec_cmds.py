@@ -16,23 +16,28 @@ def _expand(inputs):
         if p.is_dir():
             found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
             if not found:
-                raise click.ClickException(f"{p}: no images in this folder")
+                from ddpm_codec.imageio import UnsupportedImageError
+                raise UnsupportedImageError(f"{p}: no images in this folder", "missing")
             files += found
         else:
             files.append(p)
     return files
 
 
-def _safe_name(name: str, used: set) -> str:
-    """A decoded image's file name: the recorded base name, never a path."""
-    base = os.path.basename(name.replace("\\", "/")) or "image"
+def _safe_name(name: str, used: dict) -> str:
+    """A decoded image's file name: the recorded base name, never a path.
+    `used` maps names given so far (and, under (stem,), a stem's next suffix), so that
+    many equal names cost linear time."""
+    base = os.path.basename(name.replace("\\", "/"))
+    base = "".join(ch for ch in base if ch.isprintable())[:120] or "image"   # no NUL, control chars, surrogates
     if base in (".", ".."):
         base = "image"
     stem = base[:-4] if base.lower().endswith(".png") else base
-    out, k = f"{stem}.png", 1
+    out, k = f"{stem}.png", used.get((stem,), 1)
     while out in used:
         out, k = f"{stem}-{k}.png", k + 1
-    used.add(out)
+    used[(stem,)] = k
+    used[out] = True
     return out
 
 
@@ -50,13 +55,17 @@ def compress(inputs, out, model_path, steps, lossy, bpd, stop_at, no_encrypt, fo
     """Compress images into one .ddpmc stream (lossless by default)."""
     from tqdm import tqdm
     from ddpm_codec import api
-    from ddpm_codec.imageio import read_image, atomic_write_bytes
+    from ddpm_codec.imageio import OutputExistsError, read_image, atomic_write_bytes
 
     files = _expand(inputs)
     if out is None:
         out = str(files[0].with_suffix(".ddpmc")) if len(files) == 1 else "images.ddpmc"
+    if any(_same_file(out, f) for f in files):
+        raise OutputExistsError(f"{out}: output is one of the inputs; refusing to overwrite it")
     if Path(out).exists() and not force:
-        raise click.ClickException(f"{out} exists (use --force to overwrite)")
+        raise OutputExistsError(f"{out} exists (use --force to overwrite)")
+    if not Path(out).absolute().parent.is_dir():      # refuse before coding, not after
+        raise FileNotFoundError(f"{out}: its folder does not exist")
     images = [read_image(f) for f in files]
     codec = api.Codec(model_path)
     if lossy:
@@ -84,18 +93,22 @@ def decompress(stream, out_dir, model_path, stop_at, max_bytes, stochastic, forc
     """Decode a .ddpmc stream back to PNG images."""
     from tqdm import tqdm
     from ddpm_codec import api
-    from ddpm_codec.imageio import write_png
+    from ddpm_codec.imageio import OutputExistsError, write_png
 
     path = Path(stream)
     if not path.exists():
-        raise click.ClickException(f"{stream}: no such file")
+        raise FileNotFoundError(f"{stream}: no such file")
     data = path.read_bytes()
     out = Path(out_dir)
-    used, targets = set(), []
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out}: exists and is not a folder")
+    used, targets = {}, []
     for name in api.stream_names(data):      # refuse before any decoding work
         target = out / _safe_name(name, used)
+        if _same_file(target, path):
+            raise OutputExistsError(f"{target}: output is the input stream; refusing to overwrite it")
         if target.exists() and not force:
-            raise click.ClickException(f"{target} exists (use --force to overwrite)")
+            raise OutputExistsError(f"{target} exists (use --force to overwrite)")
         targets.append(target)
     codec = api.Codec(model_path)
     if api.stream_mode(data) == "lossy":
@@ -105,9 +118,23 @@ def decompress(stream, out_dir, model_path, stop_at, max_bytes, stochastic, forc
             raise click.UsageError("--stop-at, --max-bytes and --stochastic apply to lossy streams")
         with tqdm(total=None, desc="decompress", unit="plane") as bar:
             images = codec.decompress(data, progress=bar.update)
+    made_dir = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    for im, target in zip(images, targets):
-        write_png(target, im.pixels if im.pixels.shape[2] > 1 else im.pixels[:, :, 0], im.mode, force=force)
+    written = []
+    try:
+        for im, target in zip(images, targets):
+            new = not target.exists()
+            c = im.pixels.shape[2]
+            mode = im.mode if im.mode == api.MODES_BY_CHANNELS.get(c) else api.MODES_BY_CHANNELS[c]
+            write_png(target, im.pixels if c > 1 else im.pixels[:, :, 0], mode, force=force)
+            if new:
+                written.append(target)
+    except BaseException:            # all or nothing: take back the images this run created
+        for t in written:
+            t.unlink(missing_ok=True)
+        if made_dir and not any(out.iterdir()):
+            out.rmdir()
+        raise
     click.echo(f"{stream}: {len(images)} image(s) -> {out_dir}")
 
 
@@ -121,7 +148,8 @@ def decompress(stream, out_dir, model_path, stop_at, max_bytes, stochastic, forc
 @click.option("--json", "json_path", default=None)
 @click.option("--markdown", "md_path", default=None, help="write the table here too")
 @click.option("--classical/--no-classical", default=True, show_default=True)
-def bench(split, data, n, steps, single, model_path, json_path, md_path, classical):
+@click.option("--plot", "plot_path", default=None, help="PNG: bits/dim against T_eval")
+def bench(split, data, n, steps, single, model_path, json_path, md_path, classical, plot_path):
     """Real bits/dim against -VLB per T_eval, with PNG / WebP / JPEG XL beside."""
     import json as _json
     import torch
@@ -157,6 +185,15 @@ def bench(split, data, n, steps, single, model_path, json_path, md_path, classic
         atomic_write_bytes(json_path, (_json.dumps(out, indent=1) + "\n").encode(), force=True)
     if md_path:
         atomic_write_bytes(md_path, (table + "\n").encode(), force=True)
+    if plot_path:
+        B.plot(records, cl, plot_path, f"{data} {split}: {len(images)} images in one stream")
+
+
+def _same_file(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def register(group):
