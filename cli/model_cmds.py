@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -82,8 +83,16 @@ def train(model_name, data, out, steps, batch_size, lr, warmup, lr_decay_to, ema
         if export:
             fp = save_model(trainer.ema.model, export, {"ema": True, "step": trainer.step})
             click.echo(f"exported {export} (fingerprint {fp[:16]})")
+    world = trainer.world
     dist.barrier()          # rank 0 evaluates and exports alone; tear down together
     dist.shutdown()
+    if world > 1:
+        # torch 2.13 + gloo: a rank aborts now and then in C++ teardown at interpreter
+        # exit ("terminate called without an active exception", SIGABRT), failing the
+        # torchrun job after the work is done. Every file is closed: skip that teardown.
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(0)
 
 
 @click.command()

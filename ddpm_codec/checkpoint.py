@@ -125,8 +125,9 @@ def load_model(path: str | None = None, device="cpu") -> tuple[DiffusionModel, d
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     for k, v in expected.items():
         if tensors[k].shape != v.shape or tensors[k].dtype != v.dtype:
-            raise CheckpointError(f"weights {wpath}: tensor {k} has shape {tuple(tensors[k].shape)}, "
-                                  f"config expects {tuple(v.shape)}")
+            raise CheckpointError(f"weights {wpath}: tensor {k} has shape {tuple(tensors[k].shape)} "
+                                  f"{str(tensors[k].dtype).replace('torch.', '')}, config expects "
+                                  f"{tuple(v.shape)} {str(v.dtype).replace('torch.', '')}")
     model.load_state_dict(tensors)
     fp = fingerprint(model)
     if meta.get("fingerprint") not in (None, fp):

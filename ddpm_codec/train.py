@@ -91,6 +91,9 @@ class Trainer:
         self.rank, self.world = dist.rank(), dist.world_size()
         if cfg.batch_size % self.world:
             raise ValueError(f"global batch {cfg.batch_size} is not divisible by {self.world} ranks")
+        if len(train_data) < cfg.batch_size:       # else a ZeroDivisionError at the first step
+            from .data import DataError
+            raise DataError(f"{len(train_data)} training images, fewer than the global batch {cfg.batch_size}")
         torch.manual_seed(cfg.seed)
         self.model = DiffusionModel.from_config(model_config or get_config(cfg.model)).to(self.device)
         self.ema = EMA(self.model, cfg.ema_decay)
@@ -193,6 +196,9 @@ class Trainer:
                   str(tmp / "raw.safetensors"))
         otensors, groups = _optim_to_tensors(self.opt)
         otensors["rng.torch"] = self.gen.get_state()
+        otensors["rng.global"] = torch.get_rng_state()          # dropout draws from the global generator
+        if self.device.type == "cuda":
+            otensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         save_file(otensors, str(tmp / "optim.safetensors"))
         state = {"step": self.step, "param_groups": groups, "sampler": self.sampler.state_dict(),
                  "train": asdict(self.cfg), "world_size": self.world}
@@ -226,6 +232,12 @@ class Trainer:
         except Exception as e:  # noqa: BLE001 - any damage is reported the same way
             raise CheckpointError(f"training checkpoint {cand} is damaged: {e}")
         self.gen.set_state(otensors.pop("rng.torch"))
+        if "rng.global" in otensors:                              # absent in older checkpoints
+            torch.set_rng_state(otensors.pop("rng.global"))
+        if "rng.cuda" in otensors:
+            cuda_state = otensors.pop("rng.cuda")
+            if self.device.type == "cuda":
+                torch.cuda.set_rng_state(cuda_state, self.device)
         _optim_from_tensors(self.opt, otensors, state["param_groups"])
         self.sampler.load_state_dict(state.get("sampler"))
         self.step = int(state["step"])
