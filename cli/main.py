@@ -21,6 +21,11 @@ class Group(click.Group):
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             click.echo(f"ddpm-codec: error: {msg}", err=True)
             sys.exit(2)
+        except OSError as e:
+            if e.filename is None:           # not about a path the user gave: a bug, keep the traceback
+                raise
+            click.echo(f"ddpm-codec: error: {e.filename}: {e.strerror or e}", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("ddpm-codec: interrupted", err=True)
             sys.exit(130)

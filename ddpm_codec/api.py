@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import container
-from .checkpoint import load_model
+from .checkpoint import CheckpointError, load_model
 from .lossless import ImageRecord, _units, decode as lossless_decode, encode as lossless_encode
 
 DEFAULT_STEPS = 100
@@ -52,9 +52,15 @@ def stream_names(data: bytes) -> list[str]:
 
 class Codec:
     def __init__(self, model="default", device="cpu"):
-        self.model, self.meta = load_model(model, device)
+        try:
+            self.model, self.meta = load_model(model, device)
+        except (RuntimeError, ArithmeticError) as e:   # a config torch cannot build (e.g. negative sizes)
+            raise CheckpointError(f"model {model}: its config cannot be built ({type(e).__name__}: {e})") from e
         self.fingerprint = self.meta["fingerprint"]
-        self.default_steps = int(self.meta.get("recommended_steps", DEFAULT_STEPS))
+        rs = self.meta.get("recommended_steps", DEFAULT_STEPS)
+        if not isinstance(rs, int) or isinstance(rs, bool) or rs < 1:
+            raise CheckpointError(f"model {model}: recommended_steps {rs!r} in its config is not a positive integer")
+        self.default_steps = rs
 
     def _steps(self, steps):
         steps = int(steps or self.default_steps)

@@ -74,6 +74,10 @@ def pack(c: Container) -> bytes:
     return out + struct.pack("<I", zlib.crc32(c.payload))
 
 
+def _no_constant(name):
+    raise ValueError(f"{name} in header")
+
+
 def parse(data: bytes, allow_truncated: bool = False) -> Container:
     """Validate and split a stream; raises StreamError with a one-line reason."""
     if len(data) == 0:
@@ -104,8 +108,10 @@ def parse(data: bytes, allow_truncated: bool = False) -> Container:
         raw = inflater.decompress(data[44:44 + hlen], MAX_HEADER)
         if inflater.unconsumed_tail or not inflater.eof:
             raise StreamError("corrupt stream: header too large or incomplete")
-        header = json.loads(raw.decode("utf-8"))
-    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError):
+        header = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (zlib.error, ValueError, RecursionError):
+        # ValueError covers bad UTF-8, bad JSON, NaN/Infinity and over-long integers;
+        # RecursionError a deeply nested header
         raise StreamError("corrupt stream: header is not valid")
     if not isinstance(header, dict):
         raise StreamError("corrupt stream: header is not an object")

@@ -376,8 +376,8 @@ def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None) 
             shape = (size, *units[members[0]][2].shape)
             x, msg = bitswap.decode(msg, chain, shape, seed=h["seed"] + n, encrypt=h.get("encrypt", True),
                                     expect_initial=None)
-            for j, m in enumerate(members):
-                units[m][2][...] = x[j]
+            for j, k in enumerate(members):      # not `m`: that is the number of seed units
+                units[k][2][...] = x[j]
             if progress:
                 progress(size)
     except (BitsBackError, ValueError, ArithmeticError) as e:     # garbage latents: escapes, non-finite values
