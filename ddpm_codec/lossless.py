@@ -24,11 +24,13 @@ pixel checksum (and the seed it gets back) after decoding.
 from __future__ import annotations
 
 import hashlib
+import io
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from PIL import Image as PILImage
 
 from bitsback import bitswap
 from bitsback.errors import BitsBackError, InsufficientInitialBits
@@ -36,6 +38,7 @@ from bitsback.initial import seeded_words
 from bitsback.message import Message
 
 from . import container as C
+from . import varint
 from .coding_chain import DiffusionChain
 from .model import DiffusionModel
 
@@ -66,6 +69,7 @@ class EncodeReport:
     seed_units: int = 0            # units coded classically as the seed
     seed_bits: int = 0             # bits of those classical codes
     chain_dims: int = 0            # dims coded by the chain (net_bits is theirs)
+    topup_bits: int = 0            # PRNG words added mid-stream for an unfunded unit
     net_bits: int = 0              # stream bits minus the seed bits
     ideal_net_bits: float = 0.0
     groups: list = field(default_factory=list)
@@ -114,6 +118,14 @@ def _times_hash(times: torch.Tensor) -> str:
     return hashlib.sha256(times.to(torch.float64).numpy().tobytes()).hexdigest()[:16]
 
 
+def _coding_order(units) -> list[int]:
+    """Units in coding order: by shape, the largest shapes first, so that a
+    unit never needs more stack than the earlier ones left."""
+    groups = _shape_groups(units)
+    groups.sort(key=lambda g: -units[g[0]][2].size)
+    return [n for g in groups for n in g]
+
+
 def _shape_groups(units):
     """Indices of units grouped by padded shape, in first-appearance order."""
     by = {}
@@ -123,7 +135,9 @@ def _shape_groups(units):
 
 
 # ---- the seed: real data for the first pops ----------------------------------
-SEED_CODECS = ("png", "webp", "jpegxl")
+# PNG and WebP only: their size can be checked before decoding (no decompression
+# bombs from a crafted seed); JPEG XL would gain ~0.2 bits/dim on the seed units.
+SEED_CODECS = ("png", "webp")
 
 
 def _classical_best(unit: np.ndarray):
@@ -140,20 +154,22 @@ def _classical_best(unit: np.ndarray):
     return best
 
 
+def _topup_seed(seed: int, group: int) -> int:
+    return (seed + 0x9E3779B97F4A7C15 * (group + 1)) % (1 << 63)
+
+
 def _seed_words(codes) -> np.ndarray:
     """Classical codes, length-prefixed, padded to whole 32-bit words."""
-    from .lossy import _varint
-    buf = b"".join(_varint(len(c)) + c for c in codes)
+    buf = b"".join(varint.encode(len(c)) + c for c in codes)
     buf += b"\0" * (-len(buf) % 4)
     return np.frombuffer(buf, dtype="<u4").astype(np.uint32)
 
 
 def _unseed(words: np.ndarray, count: int) -> list[bytes]:
-    from .lossy import _read_varint
     buf = words.astype("<u4").tobytes()
     out, pos = [], 0
     for _ in range(count):
-        n, pos = _read_varint(buf, pos)
+        n, pos = varint.decode(buf, pos)
         if n is None or pos + n > len(buf):
             raise C.StreamError("corrupt stream: the seed data does not parse")
         out.append(buf[pos:pos + n])
@@ -193,11 +209,11 @@ def _encode(images, model, fingerprint, steps, grid_fraction, encrypt, max_group
     times = model.schedule.chain(steps)
     chain = DiffusionChain(model, times, grid_fraction)
     rep = EncodeReport(dims=int(sum(im.pixels.size for im in images)))
-    order = [n for members in _shape_groups(units) for n in members]
+    order = _coding_order(units)
     # classical seed: units order[:m] are coded classically, the rest by the chain
     seed_codes, m = [], 0
     base_words = np.zeros(0, np.uint32)
-    groups = []          # [first position in `order`, size]
+    groups = []          # [first position in `order`, size, PRNG top-up words]
     seed_added = 0
     need_per_unit = None     # bits one unit draws from the stack, measured on the first group
     msg = Message.empty()
@@ -224,7 +240,18 @@ def _encode(images, model, fingerprint, steps, grid_fraction, encrypt, max_group
                 need_per_unit *= 1.5
                 continue
             if not first:
-                raise C.CodecError("internal: a single unit could not be funded by the stack")
+                # a unit larger than the stack funds (rare: sizes descend): top the
+                # stack up with PRNG words, recorded so the decoder strips them
+                new, st = bitswap.encode(x, chain, msg, seed=seed + len(groups), encrypt=encrypt,
+                                         initial="auto", initial_seed=_topup_seed(seed, len(groups)))
+                rep.ideal_net_bits += st.ideal_net_bits
+                rep.topup_bits += 32 * st.added_initial_words
+                msg = new
+                groups.append([pos, size, int(st.added_initial_words)])
+                pos += size
+                if progress:
+                    progress(size)
+                continue
             # the stack cannot fund the first chain group yet: one more classical unit
             codec, code = _classical_best(units[order[pos]][2])
             seed_codes.append((codec, code))
@@ -240,7 +267,7 @@ def _encode(images, model, fingerprint, steps, grid_fraction, encrypt, max_group
             need_per_unit = 1.15 * max(st.initial_bits_used, 1) / size
         rep.ideal_net_bits += st.ideal_net_bits
         msg = new
-        groups.append([pos, size])
+        groups.append([pos, size, 0])
         pos += size
         if progress:
             progress(size)
@@ -270,7 +297,8 @@ def _encode(images, model, fingerprint, steps, grid_fraction, encrypt, max_group
     rep.seed_bits_consumed = 32 * (seed_added - n_common) if seed_mode == "random" else 0
     rep.seed_units = m
     rep.seed_bits = 32 * int(base_words.size)
-    rep.net_bits = msg.num_bits() - (32 * seed_added if seed_mode == "random" else 32 * int(base_words.size))
+    rep.net_bits = msg.num_bits() - (32 * seed_added if seed_mode == "random" else 32 * int(base_words.size)) \
+        - rep.topup_bits
     rep.chain_dims = int(sum(units[order[n]][2].size for n in range(m, len(order))))
     rep.groups = groups
     rep.network_s = chain.network_seconds
@@ -310,8 +338,8 @@ def _check_header(h: dict, payload_bytes: int):
     if len(groups) > MAX_UNITS:
         raise C.StreamError("corrupt stream: bad group list")
     for g in groups:
-        if not (isinstance(g, list) and len(g) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
-                                                            and v >= 0 for v in g)):
+        if not (isinstance(g, list) and len(g) == 3 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                            and v >= 0 for v in g)) or g[2] > 1 << 24:
             raise C.StreamError("corrupt stream: bad group record")
     if F(h, "seed_mode", str) not in ("classical", "random"):
         raise C.StreamError("corrupt stream: unknown seed mode")
@@ -341,13 +369,13 @@ def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None) 
         units = _units(images, model.channels, model.unet.multiple)
     except C.CodecError as e:
         raise C.StreamError(f"corrupt stream: {e}")
-    order = [n for members in _shape_groups(units) for n in members]
+    order = _coding_order(units)
     codecs = h["seed_codecs"]
     m = len(codecs) if h["seed_mode"] == "classical" else 0
     groups = h["groups"]
     # the groups must tile order[m:] exactly, in order, each of one shape
     expect = m
-    for pos, size in groups:
+    for pos, size, _ in groups:
         if pos != expect or size < 1 or pos + size > len(order) or \
                 len({units[order[pos + j]][2].shape for j in range(size)}) != 1:
             raise C.StreamError("corrupt stream: groups do not match the images")
@@ -371,11 +399,17 @@ def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None) 
         torch.set_num_threads(want)
     try:
         for n in range(len(groups) - 1, -1, -1):
-            pos, size = groups[n]
+            pos, size, topup = groups[n]
             members = order[pos:pos + size]
             shape = (size, *units[members[0]][2].shape)
             x, msg = bitswap.decode(msg, chain, shape, seed=h["seed"] + n, encrypt=h.get("encrypt", True),
                                     expect_initial=None)
+            if topup:
+                w = msg.words()
+                if w.size < topup or not np.array_equal(w[-topup:], seeded_words(_topup_seed(h["seed"], n), topup)):
+                    raise C.StreamError("decoding failed: top-up bits did not come back (damaged stream "
+                                        "or different conditionals)")
+                msg = Message.from_words(w[:-topup])
             for j, k in enumerate(members):      # not `m`: that is the number of seed units
                 units[k][2][...] = x[j]
             if progress:
@@ -398,7 +432,12 @@ def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None) 
         for n, (codec, code) in enumerate(zip(codecs, _unseed(left, m))):
             u = units[order[n]][2]
             try:
+                with PILImage.open(io.BytesIO(code)) as probe:      # size first: no decompression bombs
+                    if probe.size != (u.shape[2], u.shape[1]):
+                        raise C.StreamError("corrupt stream: a seed image has the wrong size")
                 px = classical.decode(codec, code, u.shape[0])
+            except C.StreamError:
+                raise
             except Exception:  # noqa: BLE001 - any failure of a third-party decoder on damaged data
                 raise C.StreamError("corrupt stream: a seed image does not decode")
             if px.shape != (u.shape[1], u.shape[2], u.shape[0]):

@@ -204,8 +204,13 @@ class Trainer:
                  "train": asdict(self.cfg), "world_size": self.world}
         (tmp / "state.json").write_text(json.dumps(state))
         last, old = self.out / "last", self.out / "last.old"
+        if old.exists() and not last.exists():      # a save was killed between its renames
+            os.replace(old, last)
         if old.exists():
             shutil.rmtree(old)
+        for stray in self.out.glob(".tmp-*"):        # folders of saves killed mid-write
+            if stray != tmp:
+                shutil.rmtree(stray, ignore_errors=True)
         if last.exists():
             os.replace(last, old)
         os.replace(tmp, last)

@@ -245,9 +245,6 @@ def test_decompress_is_all_or_nothing(tmp_path, model, monkeypatch):
     assert digest(tmp_path) == before
 
 
-@pytest.mark.xfail(reason="encoder: a larger unit after smaller ones is not funded by the stack "
-                          "('internal: a single unit could not be funded by the stack'); lossless.encode",
-                   strict=False)
 def test_small_images_then_a_large_one_round_trip(tmp_path, model):
     rng = np.random.default_rng(1)
     for k in range(3):

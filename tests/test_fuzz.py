@@ -213,7 +213,10 @@ def test_repacked_headers_fail_cleanly_or_decode_exactly(env, data):
 
 @settings(BASE, max_examples=60)
 @given(st.data())
-def test_payload_damage_behind_valid_crc_never_decodes(env, data):
+def test_payload_damage_behind_valid_crc_never_decodes_wrongly(env, data):
+    """Damage the CRC cannot see either fails cleanly or, where it only touched
+    bytes that carry no pixel information (e.g. inside the classical seed's
+    own container), still gives exactly the original pixels (checksum)."""
     src = data.draw(st.sampled_from(env["streams"]))
     c = C.parse(src)
     p = bytearray(c.payload)
@@ -229,7 +232,9 @@ def test_payload_damage_behind_valid_crc_never_decodes(env, data):
         i = 4 * data.draw(st.integers(0, len(p) // 4 - 2))
         p[i:i + 8] = p[i + 4:i + 8] + p[i:i + 4]
     assume(bytes(p) != c.payload)
-    assert check_decode(env["codec"], repack(src, payload=bytes(p))) == "error"
+    outcome = check_decode(env["codec"], repack(src, payload=bytes(p)), c.header["pixels_sha256"])
+    event(outcome)
+    assert outcome in ("error", "ok")
 
 
 @settings(BASE, max_examples=100)

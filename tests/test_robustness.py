@@ -227,8 +227,8 @@ HEADER_DAMAGE = {
     "seed-mode-unknown": (_set(seed_mode="magic"), "unknown seed mode"),
     "seed-codecs-unknown": (lambda h: {**h, "seed_codecs": ["bmp"] * len(h["seed_codecs"])}, "seed codec list"),
     "groups-short": (lambda h: {**h, "groups": h["groups"][:-1]}, "groups do not cover the images"),
-    "groups-shifted": (lambda h: {**h, "groups": [[g[0] + 1, g[1]] for g in h["groups"]]}, "groups do not"),
-    "groups-bad": (_set(groups=[[0, 0, 1]]), "bad group record"),
+    "groups-shifted": (lambda h: {**h, "groups": [[g[0] + 1, g[1], g[2]] for g in h["groups"]]}, "groups do not"),
+    "groups-bad": (_set(groups=[[0, 1]]), "bad group record"),
     "images-fewer": (lambda h: {**h, "images": h["images"][:1]}, "groups do not"),
     "images-channels": (lambda h: {**h, "images": [[*r[:4], 7] for r in h["images"]]}, "bad image record"),
     "images-not-list": (_set(images="x"), "bad image list"),
@@ -274,7 +274,7 @@ def test_header_cannot_make_the_decoder_allocate(tmp_path, models, ref):
     blob = C.pack(C.Container("lossless", ref["c"].fingerprint, h, b"0123456789", True))
     decompress_fails(tmp_path, models, blob, "image sizes do not fit the payload")
     # one 1 GiB image: allocatable, but not for a 10-byte payload
-    h["images"], h["groups"] = [["big", "RGBA", 16384, 16384, 4]], [[0, 1]]
+    h["images"], h["groups"] = [["big", "RGBA", 16384, 16384, 4]], [[0, 1, 0]]
     blob = C.pack(C.Container("lossless", ref["c"].fingerprint, h, b"0123456789", True))
     decompress_fails(tmp_path, models, blob, "image sizes do not fit the payload")
     assert time.time() - t0 < 20
@@ -286,7 +286,7 @@ def test_header_cannot_make_the_decoder_loop(tmp_path, models, ref):
     before the chain is run (the chain's hash is made to match, as a hostile file could)."""
     model, _ = load_model(str(models["tiny"]))
     change = {"steps": 1000, "times_sha": _times_hash(model.schedule.chain(1000)),
-              "images": [["big.png", "L", 1024, 1024, 1]], "groups": [[0, 1]], "seed_mode": "random",
+              "images": [["big.png", "L", 1024, 1024, 1]], "groups": [[0, 1, 0]], "seed_mode": "random",
               "seed_codecs": []}
     t0 = time.time()
     decompress_fails(tmp_path, models, repack(ref, header=change), "more decoding work than its payload")
