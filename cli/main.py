@@ -26,6 +26,11 @@ class Group(click.Group):
                 raise
             click.echo(f"ddpm-codec: error: {e.filename}: {e.strerror or e}", err=True)
             sys.exit(2)
+        except click.UsageError:
+            raise                               # click prints usage, exit 2
+        except click.ClickException as e:
+            click.echo(f"ddpm-codec: error: {e.format_message()}", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("ddpm-codec: interrupted", err=True)
             sys.exit(130)

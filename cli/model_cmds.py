@@ -60,6 +60,9 @@ def train(model_name, data, out, steps, batch_size, lr, warmup, lr_decay_to, ema
     from ddpm_codec.train import Trainer, TrainConfig
 
     device = dist.init_from_env(device)
+    if batch_size % dist.world_size():
+        raise click.BadParameter(f"global batch {batch_size} is not divisible by {dist.world_size()} ranks",
+                                 param_hint="--batch-size")
     cfg = TrainConfig(model=model_name, data=data, out=out, steps=steps, batch_size=batch_size, lr=lr,
                       warmup=warmup, lr_decay_to=lr_decay_to, ema_decay=ema_decay, grad_clip=grad_clip,
                       flips=flips, objective=objective, time_sampler=time_sampler, seed=seed,
@@ -70,7 +73,7 @@ def train(model_name, data, out, steps, batch_size, lr, warmup, lr_decay_to, ema
     except Exception:  # noqa: BLE001 - a dataset without a test split trains without eval
         te = None
     trainer = Trainer(cfg, tr, te, device=device)
-    if resume and trainer.resume():
+    if resume and trainer.resume() and trainer.rank == 0:
         click.echo(f"resumed {out} at step {trainer.step}", err=True)
     if trainer.rank == 0:
         click.echo(f"training {model_name} on {data}: global batch {batch_size} = {trainer.world} rank(s) x "

@@ -108,7 +108,7 @@ def load_model(path: str | None = None, device="cpu") -> tuple[DiffusionModel, d
     meta = read_meta(base)
     try:
         model = DiffusionModel.from_config(meta["config"])
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:   # RuntimeError: torch refusing sizes
         raise CheckpointError(f"invalid model config in {base.with_suffix('.json')}: {e}")
     wpath = base.with_suffix(".safetensors")
     if not wpath.exists():

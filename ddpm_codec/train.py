@@ -234,9 +234,9 @@ class Trainer:
             ema = load_file(str(cand / "model.safetensors"))
             self.model.load_state_dict(raw)
             self.ema.model.load_state_dict(ema)
+            self.gen.set_state(otensors.pop("rng.torch"))
         except Exception as e:  # noqa: BLE001 - any damage is reported the same way
             raise CheckpointError(f"training checkpoint {cand} is damaged: {e}")
-        self.gen.set_state(otensors.pop("rng.torch"))
         if "rng.global" in otensors:                              # absent in older checkpoints
             torch.set_rng_state(otensors.pop("rng.global"))
         if "rng.cuda" in otensors:
@@ -271,7 +271,7 @@ class Trainer:
                 self.log({"step": self.step, "train_vlb_bpd": run, "grad_norm": gnorm,
                           "lr": self._lr(self.step), "elapsed_s": time.time() - t0,
                           "steps_per_s": (self.step - start) / (time.time() - t0)})
-            if c.eval_every and self.step % c.eval_every == 0:
+            if c.eval_every and self.step % c.eval_every == 0 and self.rank == 0:
                 ev = self.evaluate()
                 if ev is not None:
                     self.log({"step": self.step, "test_vlb_bpd_mc": ev, "eval_n": c.eval_n, "ema": True})
