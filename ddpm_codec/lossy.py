@@ -1,0 +1,710 @@
+"""Progressive lossy codec (DDPM Algorithms 3-4) by reverse channel coding.
+
+The encoder sends z_T ~ q(z_T | x) using p(z_T) = N(0, I), then walks down
+the chain: holding z_t (as the decoder does), it sends z_s ~ q(z_s | z_t, x)
+using p(z_s | z_t) (Gaussians of different variances when the model's
+variance is 'transition').  Any prefix of frames decodes to z_t and so to
+x0_hat(z_t) (eq. 15), or to a sample of p(x | z_t) when asked.
+
+Each step is the capped Poisson functional representation of
+:mod:`bitsback.rcc`: dimensions in a shared random order cut into chunks of
+about `bits_per_chunk` bits of KL, per chunk 2^(KL + margin) candidates
+drawn from p with randomness keyed by (seed, target level, chunk), the
+winner's index entropy coded.  The seed is in the stream header.  The
+sample is the documented approximation of :mod:`bitsback.rcc`: the capped
+search leans towards p.  What a step really delivers is log q/p at the sent
+sample (``log_ratio_bits``), on average below its KL; the next step's q is
+conditioned on the sample actually sent, so the chain stays consistent and
+pays for the lean later (chain KLs above the evaluator's), and its x0_hat
+at a given level is a little worse than the evaluator's.  Measured
+(benchmarks/bench_lossy.py): payload ~1.5x the evaluator's rate at the same
+level; the per-chunk cost of this RCC (index bits minus log q/p, ~3 bits
+per ~10-bit chunk) is most of it.
+
+Merging steps: a step whose KL is small pays side information and chunk
+overhead for little, so the encoder jumps from t straight to the first chain
+level s below it whose KL reaches `min_step_bits` (one network call at z_t
+gives p(z_s | z_t) for every s).  Coarser steps cost KL of their own (the
+merged chain is a coarser discretisation), hence a small threshold.
+
+Frames: several steps share one range-coded payload (:mod:`bitsback.rcc_coder`)
+so that the coder's tail and the length prefix are paid per frame, not per
+step.  Per step the symbols are: the jump (model peaked at the previous
+jump), c0 = ceil(KL / bits_per_chunk) (model peaked at the previous step's
+count), the extra chunks and split flags of :mod:`bitsback.rcc`, then per
+chunk the index octave (mixture prior fitted to the chunk-KL spread of
+diffusion steps) and mantissa.  A frame ends once the bit lengths of its
+chunk indices add up to `frame_bits` (an integer rule the decoder follows),
+at level 0, or with an explicit stop flag (coded only where neither holds).
+The step coder mirrors :func:`bitsback.rcc.encode_gaussian` symbol for
+symbol except the count and octave models; it lives here because rcc codes
+one step per payload.
+
+Unit stream = frames, each varint(len) payload; with `lossless_tail`, one
+more frame after level 0 codes x with the discretized decoder p(x | z_t0)
+(ANS).  Every byte is in the stream and counted.  The header records the
+seed, the RCC parameters with `frame_bits`, and a CRC of each unit's final
+reconstruction, so a complete decode with other numerics, another seed or a
+damaged payload ends in a StreamError instead of a silently different image
+(a prefix cannot be checked: it decodes to what its frames say).
+"""
+from __future__ import annotations
+
+import time
+import zlib
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from bitsback import pixels as pixel_coder
+from bitsback.errors import BitsBackError
+from bitsback.message import Message
+from bitsback.rcc_coder import RCCError, Reader, Writer, categorical, encode_items, uniform
+from bitsback.rcc_index import join_index, mantissa_size, octave_weights, search_log2, split_index
+from bitsback.rcc_layout import (FlagCoder, base_sizes, chunk_count, gaussian_kl_bits, max_extra,
+                                 overflow_rule, walk)
+from bitsback.rcc_random import permutation
+from bitsback.rcc_search import log_weight_coefs, pfr_search, regenerate
+
+from . import container as C
+from . import diffusion as D
+from .lossless import ImageRecord, _units, pixel_checksum, _times_hash
+from .model import DiffusionModel
+
+CODEC = "rcc-progressive"
+FORMAT = 2
+RCC_PARAMS = {"bits_per_chunk": 10.0, "margin_bits": 4.0, "max_candidates_log2": 20}
+MIN_STEP_BITS = 12.0
+FRAME_BITS = 128
+
+
+# ---- varints ------------------------------------------------------------
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _read_varint(buf: bytes, pos: int):
+    n, shift = 0, 0
+    while True:
+        if pos >= len(buf) or shift > 56:
+            return None, pos
+        b = buf[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return n, pos
+
+
+class _Chain:
+    """Float64 conditionals along a chain, from one network call per level."""
+
+    def __init__(self, model: DiffusionModel, times: torch.Tensor):
+        self.model = model
+        self.times = times.to(torch.float64)
+        with torch.no_grad():
+            self.gam = model.gamma(self.times).detach()
+        self.K = self.times.numel()
+        self.calls = 0
+
+    def eps(self, z: np.ndarray, level: int) -> torch.Tensor:
+        self.calls += 1
+        with torch.no_grad():
+            return self.model.eps(torch.from_numpy(z[None]), self.times[level]).to(torch.float64)[0]
+
+    def q_top(self, x):
+        a, s = D.alpha_sigma(self.gam[-1])
+        return (a * x).numpy(), np.broadcast_to(s.numpy(), x.shape).copy()
+
+    def p(self, z, eps, t, s):
+        mean, var = D.reverse(torch.from_numpy(z), eps, self.gam[s], self.gam[t], self.model.variance)
+        return mean.numpy(), var.sqrt().expand_as(mean).numpy().copy()
+
+    def q(self, z, x, t, s):
+        mean, var = D.posterior(torch.from_numpy(z), x, self.gam[s], self.gam[t])
+        return mean.numpy(), var.sqrt().expand_as(mean).numpy().copy()
+
+    def x0_hat(self, z, eps, t):
+        return D.predict_x0(torch.from_numpy(z), eps, self.gam[t]).numpy()
+
+    def decoder(self, z, eps):
+        mean = D.predict_x0(torch.from_numpy(z), eps, self.gam[0]).numpy()
+        return mean, np.full_like(mean, float(torch.exp(0.5 * self.gam[0])))
+
+
+def _to_pixels(x):
+    return np.clip(np.round((np.clip(x, -1, 1) + 1) * 127.5), 0, 255).astype(np.uint8)
+
+
+def _crc(px: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(px, dtype=np.uint8).tobytes())
+
+
+# ---- symbol models (integer weights: last-bit float differences between
+# machines cannot change them) ----------------------------------------------
+_STOP = categorical([63.0, 1.0])
+_SPLIT = categorical([63.0, 1.0])
+
+
+def _int_weights(w) -> np.ndarray:
+    w = np.asarray(w, dtype=np.float64)
+    return np.maximum(1.0, np.round(w / w.max() * 65536.0))
+
+
+def _jump_model(level: int, prev):
+    """Jump j = level - target in 1..level: 1/j for the first step, then peaked at
+    the previous jump (jumps shrink as the steps' KL grows down the chain)."""
+    j = np.arange(1, level + 1, dtype=np.float64)
+    if prev is None:
+        w = 1.0 / j
+    else:
+        d = np.minimum(np.abs(j - prev), 40.0)
+        w = np.where(j < prev, 0.25 ** d, 0.1 ** d)
+    return categorical(_int_weights(w))
+
+
+def _count_models(pred: float, dims: int):
+    """(model over c0 in 1..hi [+ escape], hi): two-sided geometric around pred."""
+    pred = round(pred * 16.0) / 16.0
+    hi = int(min(dims, np.floor(3.0 * pred) + 8))
+    c = np.arange(1, hi + 1, dtype=np.float64)
+    w = list(np.exp(-np.abs(c - pred) / (0.3 + 0.1 * pred)))
+    if hi < dims:
+        w.append(1e-4)                             # escape: c0 > hi, then uniform
+    return categorical(_int_weights(w)), hi
+
+
+_BIT_LENGTH = categorical([1.0] * 41)
+
+
+def _code_big(io, v: int) -> int:
+    """A non-negative integer below 2^40: bit length, then 16-bit digits (constriction's
+    uniform models stay small)."""
+    n = io.code(int(v).bit_length(), _BIT_LENGTH)
+    out, shift = 0, 0
+    while shift < n:
+        w = min(16, n - shift)
+        out |= io.code((int(v) >> shift) & ((1 << w) - 1), uniform(1 << w)) << shift
+        shift += w
+    return out
+
+
+def _code_count(io, c0: int, pred: float, dims: int) -> int:
+    model, hi = _count_models(pred, dims)
+    s = io.code(min(c0, hi + 1) - 1, model)
+    if s < hi:
+        return s + 1
+    return hi + 1 + _code_big(io, c0 - hi - 1)
+
+
+_NODES = np.linspace(-2.5, 2.5, 11)
+_NODE_W = np.exp(-0.5 * _NODES ** 2)
+OCTAVE_SPREAD = 0.2
+
+
+@lru_cache(maxsize=256)
+def _octave_model(c0: int, chunks: int, B: float, m: float, lmax: int):
+    """Model of every chunk's index octave in a step of c0 = ceil(KL / B) cut into
+    `chunks` chunks: a mixture of :func:`bitsback.rcc_index.octave_weights` over
+    chunk KLs uniform in the bin B (c0 - 1, c0] / chunks times a log-normal of
+    s.d. OCTAVE_SPREAD (0.2: measured 0.196 on Fashion-MNIST chains; rcc's own
+    prior uses 0.5 and costs ~0.15 bits/chunk more here). Integer weights."""
+    if c0 >= 2:
+        comps = [(B * (c0 - 1 + u) / chunks * np.exp(OCTAVE_SPREAD * x), w)
+                 for u in (0.1, 0.3, 0.5, 0.7, 0.9) for x, w in zip(_NODES, _NODE_W)]
+    else:
+        comps = [(B / chunks * 2.0 ** (-x), 1.0) for x in np.linspace(0.0, 7.0, 15)]
+    return categorical(octave_weights(comps, m, lmax))
+
+
+def _extra_model(n: int):
+    """C - c0, the chunks added so that none overflows the search cap: mostly 0."""
+    return categorical([32.0 * (n + 1)] + [1.0 / k for k in range(1, n + 1)])
+
+
+def _code_layout(io, dims: int, chunks: int, rule=None) -> list:
+    """Chunk halving flags, as :mod:`bitsback.rcc` codes them."""
+    sizes = base_sizes(dims, chunks)
+    if chunks == dims:
+        return walk(sizes, lambda start, size: False)
+    wanted = []
+    if rule is not None:
+        walk(sizes, lambda start, size: wanted.append(bool(rule(start, size))) or wanted[-1])
+    if not io.code(int(any(wanted)), _SPLIT):
+        return walk(sizes, lambda start, size: False)
+    flags = FlagCoder()
+
+    def decide(start, size):
+        bit = io.code(int(rule(start, size)) if rule else 0, categorical(flags.weights()))
+        flags.update(bit)
+        return bool(bit)
+    return walk(sizes, decide)
+
+
+class _Ctx:
+    """What both sides know between steps: level, previous jump and chunk count."""
+
+    def __init__(self, K: int):
+        self.K, self.level, self.jump, self.c0 = K, None, None, None
+
+    def count_pred(self, jump: int) -> float:
+        """Expected chunk count: the previous one, scaled down where the chain
+        goes back from merged steps to single ones (their KL is per level)."""
+        if self.c0 is None:
+            return 1.0
+        if jump == 1 and self.jump is not None and self.jump > 1:
+            return max(1.0, self.c0 / self.jump)
+        return float(self.c0)
+
+
+def _code_head(io, ctx: _Ctx, dims, jump=0, counts=(0, 0), rule=None):
+    """Jump, chunk count and layout of one step (Writer: codes them; Reader: decodes)."""
+    if ctx.level is None:
+        jump = 0                                # the top latent: no jump symbol
+    else:
+        jump = io.code(jump - 1, _jump_model(ctx.level, ctx.jump)) + 1
+    c0 = _code_count(io, counts[0], ctx.count_pred(max(jump, 1)), dims)
+    if c0 > dims:
+        raise RCCError(f"step announces {c0} chunks for {dims} dimensions")
+    chunks = c0 + io.code(counts[1] - counts[0], _extra_model(max_extra(c0, dims)))
+    leaves = _code_layout(io, dims, chunks, rule)
+    return jump, c0, chunks, leaves
+
+
+def _advance(ctx: _Ctx, jump: int, c0: int):
+    ctx.level = ctx.K - 1 if ctx.level is None else ctx.level - jump
+    if jump:
+        ctx.jump = jump
+    ctx.c0 = c0
+
+
+# ---- encoder ------------------------------------------------------------------
+def _encode_step(io, ctx, mq, sq, mp, sp, seed, target, params):
+    """Append one step to Writer `io`; returns (sample, info)."""
+    t0 = time.perf_counter()
+    B, m, lmax = params["bits_per_chunk"], params["margin_bits"], params["max_candidates_log2"]
+    shape, dims = mq.shape, mq.size
+    perm = permutation(dims, seed, target)
+    fq, fsq, fp, fsp = (v.reshape(-1)[perm] for v in (mq, sq, mp, sp))
+    kl = gaussian_kl_bits(fq, fsq, fp, fsp)
+    c0, chunks = chunk_count(kl, B, m, lmax)
+    jump = 0 if ctx.level is None else ctx.level - target
+    n0 = len(io.items)
+    jump, c0, chunks, leaves = _code_head(io, ctx, dims, jump, (c0, chunks), overflow_rule(kl, m, lmax))
+    n_side = len(io.items)
+    a, b, c = log_weight_coefs(fq, fsq, fp, fsp)
+    x = np.empty(dims)
+    octaves = _octave_model(c0, chunks, B, m, lmax)
+    lw_sum, cands, weight = 0.0, 0, 0
+    for ci, (start, size) in enumerate(leaves):
+        sl = slice(start, start + size)
+        L = search_log2(float(kl[sl].sum()), m, lmax)
+        idx, zc, lw = pfr_search(a[sl], b[sl], c[sl], L, (seed, target, ci))
+        x[sl] = fp[sl] + fsp[sl] * zc
+        e, mant, size_m = split_index(idx)
+        io.code(e, octaves)
+        io.code(mant, uniform(size_m))
+        lw_sum, cands, weight = lw_sum + lw, cands + (1 << L), weight + e
+    _advance(ctx, jump, c0)
+    sample = np.empty(dims)
+    sample[perm] = x
+    info = {"level": target, "jump": jump, "kl_bits": float(kl.sum()), "log_ratio_bits": lw_sum / np.log(2.0),
+            "side_bits": io.bits(n0, n_side), "index_bits": io.bits(n_side), "chunks": len(leaves),
+            "n_candidates": cands, "weight": weight, "seconds": time.perf_counter() - t0}
+    return sample.reshape(shape), info
+
+
+def _pick_target(chain, z, x, eps, level, stop_level, min_step_bits):
+    """First level s below `level` whose step KL reaches min_step_bits (or stop_level)."""
+    for s in range(level - 1, stop_level - 1, -1):
+        mq, sq = chain.q(z, x, level, s)
+        mp, sp = chain.p(z, eps, level, s)
+        if s == stop_level or float(np.sum(gaussian_kl_bits(mq, sq, mp, sp))) >= min_step_bits:
+            return s, (mq, sq, mp, sp)
+
+
+def encode_unit(chain: _Chain, pixels: np.ndarray, seed: int, params: dict | None = None,
+                min_step_bits: float = MIN_STEP_BITS, frame_bits: int = FRAME_BITS, stop_level: int = 0,
+                max_bits: float | None = None, lossless_tail: bool = False, keep_latents: bool = False):
+    """Frames for one (C, H, W) uint8 unit.
+
+    Returns (bytes, report): report["frames"] lists per frame its end level,
+    levels, bits (length prefix included), cum_bits, end_byte, the sums of
+    its steps' KL, log q/p, side and index bits, candidates and seconds, and
+    the RMSE of x0_hat at its end; report["steps"] the same per step;
+    "final_crc" the CRC of the last reconstruction. max_bits: the stream
+    stops before a frame would take the unit past it."""
+    params = dict(RCC_PARAMS, **(params or {}))
+    x = torch.from_numpy(pixels.astype(np.float64) / 127.5 - 1.0)
+    ref = pixels.astype(np.float64)
+    K = chain.K
+    stop_level = int(np.clip(stop_level, 0, K - 1))
+    out, frames, steps, latents = bytearray(), [], [], []
+    calls0 = chain.calls
+    ctx = _Ctx(K)
+    z, eps, level = None, None, None
+    io, frame_steps = Writer(), []
+    while True:
+        saved = (len(io.items), z, eps, level, ctx.level, ctx.jump, ctx.c0)
+        if level is None:
+            target = K - 1
+            mq, sq = chain.q_top(x)
+            mp, sp = np.zeros(mq.shape), np.ones(mq.shape)
+        else:
+            target, (mq, sq, mp, sp) = _pick_target(chain, z, x, eps, level, stop_level, min_step_bits)
+        z, info = _encode_step(io, ctx, mq, sq, mp, sp, seed, target, params)
+        level = target
+        eps = chain.eps(z, level)            # the next step's p and this level's x0_hat
+        info["rmse"] = float(np.sqrt(np.mean((_to_pixels(chain.x0_hat(z, eps, level)) - ref) ** 2)))
+        frame_steps.append(info)
+        latents.append((level, z.copy()) if keep_latents else None)
+        ends = level == 0 or sum(s["weight"] for s in frame_steps) >= frame_bits
+        last = level <= stop_level
+        if max_bits is not None:
+            # would closing the frame here (with a stop flag if needed) pass the budget?
+            items = io.items + ([] if ends else [(1, _STOP)])
+            if 8 * (len(out) + len(_frame(encode_items(items)))) > max_bits:
+                del io.items[saved[0]:]               # undo the step
+                z, eps, level, ctx.level, ctx.jump, ctx.c0 = saved[1:]
+                frame_steps.pop()
+                latents.pop()
+                if frame_steps:
+                    io.items.pop()                    # and the "go on" flag before it
+                last, ends = True, not frame_steps
+        if not frame_steps:
+            break
+        if not ends:
+            io.code(int(last), _STOP)
+            ends = last
+        if ends:
+            data = _frame(io.payload())
+            out += data
+            fr = {"level": level, "levels": [s["level"] for s in frame_steps], "bits": 8 * len(data),
+                  "cum_bits": 8 * len(out), "end_byte": len(out), "rmse": frame_steps[-1]["rmse"]}
+            for k in ("kl_bits", "log_ratio_bits", "side_bits", "index_bits", "n_candidates", "seconds"):
+                fr[k] = float(sum(s[k] for s in frame_steps))
+            frames.append(fr)
+            steps += frame_steps
+            io, frame_steps = Writer(), []
+            if last:
+                break
+    if lossless_tail:
+        if level != 0:
+            raise ValueError("the lossless tail needs the chain coded down to its first level")
+        mean, scale = chain.decoder(z, eps)
+        msg = Message.empty()
+        pixel_coder.push(msg, pixels, mean, scale)
+        out += _frame(msg.to_bytes())
+        frames.append({"level": -1, "levels": [], "bits": 8 * (len(out) - frames[-1]["end_byte"]),
+                       "cum_bits": 8 * len(out), "end_byte": len(out), "rmse": 0.0})
+        final = pixels
+    else:
+        final = np.full(pixels.shape, 128, np.uint8) if z is None else _to_pixels(chain.x0_hat(z, eps, level))
+    report = {"frames": frames, "steps": steps, "final_crc": _crc(final), "final_level": level,
+              "network_calls": chain.calls - calls0}
+    if keep_latents:
+        report["latents"] = latents
+    return bytes(out), report
+
+
+def _frame(payload: bytes) -> bytes:
+    return _varint(len(payload)) + payload
+
+
+# ---- decoder ------------------------------------------------------------------
+def _decode_step(io, ctx, chain, z, eps, seed, shape, params):
+    B, m, lmax = params["bits_per_chunk"], params["margin_bits"], params["max_candidates_log2"]
+    dims = int(np.prod(shape))
+    jump, c0, chunks, leaves = _code_head(io, ctx, dims)
+    target = ctx.K - 1 if ctx.level is None else ctx.level - jump
+    if target < 0:
+        raise RCCError("a step jumps below the chain")
+    if ctx.level is None:
+        mp, sp = np.zeros(shape), np.ones(shape)
+    else:
+        mp, sp = chain.p(z, eps, ctx.level, target)
+    perm = permutation(dims, seed, target)
+    fp, fsp = mp.reshape(-1)[perm], sp.reshape(-1)[perm]
+    octaves = _octave_model(c0, chunks, B, m, lmax)
+    x = np.empty(dims)
+    weight = 0
+    for ci, (start, size) in enumerate(leaves):
+        e = io.code(0, octaves)
+        mant = io.code(0, uniform(mantissa_size(e)))
+        zc = regenerate(join_index(e, mant), size, (seed, target, ci))
+        x[start:start + size] = fp[start:start + size] + fsp[start:start + size] * zc
+        weight += e
+    _advance(ctx, jump, c0)
+    sample = np.empty(dims)
+    sample[perm] = x
+    return sample.reshape(shape), weight
+
+
+def iter_unit(chain: _Chain, data: bytes, shape, seed: int, params: dict, frame_bits: int,
+              lossless_tail: bool = False, stop_level: int | None = None, latents: list | None = None):
+    """Decode the complete frames of `data` (a prefix is fine), yielding after
+    each one (kind, end_byte, level, z, eps): kind 'latent' with z at `level`
+    and eps = eps(z, level); 'pixels' (z = the decoded pixels) for the lossless
+    tail; 'stopped' where it stops early, mid-frame if need be, because
+    level <= stop_level. latents, if a list, receives (level, z) of every step."""
+    ctx = _Ctx(chain.K)
+    pos, z, eps, done = 0, None, None, False
+    while pos < len(data):
+        if done:
+            raise C.StreamError("corrupt stream: data after the stop flag")
+        n, p2 = _read_varint(data, pos)
+        if n is None or p2 + n > len(data):
+            return                                  # an incomplete frame: the prefix ends here
+        payload, pos = data[p2:p2 + n], p2 + n
+        if ctx.level == 0:
+            if not lossless_tail:
+                raise C.StreamError("corrupt stream: data after the last level")
+            mean, scale = chain.decoder(z, eps)
+            try:
+                px, _ = pixel_coder.pop(Message.from_bytes(payload), mean, scale, shape)
+            except (BitsBackError, ValueError) as e:
+                raise C.StreamError(f"corrupt stream: pixel tail does not decode ({type(e).__name__})")
+            yield "pixels", pos, 0, px, None
+            if pos < len(data):
+                raise C.StreamError("corrupt stream: data after the pixel tail")
+            return
+        io, weight = Reader(payload), 0
+        try:
+            while True:
+                z, w = _decode_step(io, ctx, chain, z, eps, seed, shape, params)
+                eps = chain.eps(z, ctx.level)
+                weight += w
+                if latents is not None:
+                    latents.append((ctx.level, z.copy()))
+                if stop_level is not None and ctx.level <= stop_level:
+                    yield "stopped", pos, ctx.level, z, eps
+                    return
+                if ctx.level == 0 or weight >= frame_bits:
+                    break
+                if io.code(0, _STOP):
+                    done = True
+                    break
+            io.finish()
+        except (RCCError, ValueError) as e:
+            raise C.StreamError(f"corrupt stream: a frame does not decode ({type(e).__name__}: {e})")
+        yield "latent", pos, ctx.level, z, eps
+
+
+def _show(chain, kind, z, eps, level, shape):
+    """The receiver's estimate x0_hat (eq. 15) from what it decoded."""
+    if kind == "pixels":
+        return z
+    if z is None:
+        return np.full(shape, 128, np.uint8)
+    return _to_pixels(chain.x0_hat(z, eps, level))
+
+
+def _sample(chain, z, eps, level, shape, rng):
+    """x ~ p(x | z_level) by ancestral sampling down the chain (DDPM Fig. 7)."""
+    if z is None:                                   # nothing received: a sample of the model
+        level = chain.K - 1
+        z = rng.standard_normal(shape)
+        eps = chain.eps(z, level)
+    for t in range(level, 0, -1):
+        mean, sd = chain.p(z, eps, t, t - 1)
+        z = mean + sd * rng.standard_normal(shape)
+        eps = chain.eps(z, t - 1)
+    mean, scale = chain.decoder(z, eps)
+    return _to_pixels(mean + scale * rng.standard_normal(shape))
+
+
+def decode_unit(chain: _Chain, data: bytes, shape, seed: int, params: dict | None = None,
+                frame_bits: int = FRAME_BITS, lossless_tail: bool = False, stop_level: int | None = None,
+                stochastic: bool = False, rng=None, latents: list | None = None):
+    """Decode the complete frames of `data`; returns a dict with 'pixels' (what
+    the receiver shows: x0_hat, or a sample of p(x | z) if stochastic), 'x0_hat',
+    'level' (chain index reached, K if nothing), 'kind' and 'complete' (every
+    byte of `data` was used and no stop_level cut the decoding short)."""
+    params = dict(RCC_PARAMS, **(params or {}))
+    kind, z, eps, level, end = None, None, None, chain.K, 0
+    for kind, end, level, z, eps in iter_unit(chain, data, shape, seed, params, frame_bits, lossless_tail,
+                                              stop_level, latents):
+        pass
+    shown = _show(chain, kind, z, eps, level, shape)
+    px = shown
+    if stochastic and kind != "pixels":
+        px = _sample(chain, z, eps, level, shape, rng if rng is not None else np.random.default_rng(seed))
+    return {"pixels": px, "x0_hat": shown, "level": level, "kind": kind,
+            "complete": kind != "stopped" and end == len(data)}
+
+
+# ---- streams of images --------------------------------------------------------
+def _check_params(h) -> tuple:
+    """(RCC parameters, frame_bits) from the header's "rcc": [B, margin, lmax, frame_bits]."""
+    r = h.get("rcc")
+    if not (isinstance(r, list) and len(r) == 4 and
+            all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in r)):
+        raise C.StreamError("corrupt stream: bad RCC parameters")
+    b, m, lmax, fb = r
+    if not (0.5 <= b <= 64 and -16 <= m <= 16 and isinstance(lmax, int) and 0 <= lmax <= 23
+            and isinstance(fb, int) and 1 <= fb <= 1 << 20):
+        raise C.StreamError("corrupt stream: RCC parameters out of range")
+    return {"bits_per_chunk": float(b), "margin_bits": float(m), "max_candidates_log2": lmax}, fb
+
+
+MAX_UNITS, MAX_DIMS = 1 << 16, 1 << 30
+
+
+def _check_images(h: dict, payload_bytes: int):
+    """The header's image list [name, mode, H, W, C], bounded so that a hostile
+    header cannot make the decoder allocate without limit."""
+    imgs = C.field(h, "images", list)
+    if not 1 <= len(imgs) <= MAX_UNITS:
+        raise C.StreamError("corrupt stream: image count out of range")
+    dims = 0
+    for im in imgs:
+        ok = isinstance(im, list) and len(im) == 5 and isinstance(im[0], str) and isinstance(im[1], str)
+        ok = ok and all(isinstance(v, int) and not isinstance(v, bool) for v in im[2:])
+        if not ok or not (1 <= im[2] <= 1 << 16 and 1 <= im[3] <= 1 << 16 and 1 <= im[4] <= 4):
+            raise C.StreamError("corrupt stream: bad image record")
+        dims += im[2] * im[3] * im[4]
+    if dims > MAX_DIMS:
+        raise C.StreamError("corrupt stream: image sizes out of range")
+
+
+def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, steps: int = 100,
+           bpd: float | None = None, stop_at: int | None = None, min_step_bits: float = MIN_STEP_BITS,
+           lossless_tail: bool = False, params: dict | None = None, frame_bits: int = FRAME_BITS,
+           keep_latents: bool = False):
+    """A lossy stream of `images`; returns (bytes, per-unit reports).
+
+    bpd: stop before the payload of a unit passes bpd * (its C*H*W) bits;
+    stop_at: code the chain down to latent index stop_at (0 = all)."""
+    params = dict(RCC_PARAMS, **(params or {}))
+    units = _units(images, model.channels, model.unet.multiple)
+    times = model.schedule.chain(steps)
+    chain = _Chain(model, times)
+    checksum = pixel_checksum(images)
+    seed = int(checksum[:8], 16)
+    stop_level = 0 if stop_at is None else int(np.clip(stop_at, 0, chain.K - 1))
+    if lossless_tail and (stop_level != 0 or bpd is not None):
+        raise ValueError("the lossless tail needs the whole chain (no --stop-at / --bpd)")
+    body, reports = bytearray(), []
+    for n, (_, _, u) in enumerate(units):
+        t0 = time.perf_counter()
+        max_bits = None if bpd is None else bpd * u.size
+        data, rep = encode_unit(chain, u, seed + n, params, min_step_bits, frame_bits, stop_level, max_bits,
+                                lossless_tail, keep_latents)
+        rep["encode_seconds"] = time.perf_counter() - t0
+        rep["offset"] = len(body) + len(_varint(len(data)))      # unit data start within the payload
+        body += _varint(len(data)) + data
+        reports.append(rep)
+    header = {"codec": CODEC, "format": FORMAT, "steps": int(steps), "times_sha": _times_hash(times),
+              "seed": seed, "final_crc": [r["final_crc"] for r in reports],
+              "rcc": [float(params["bits_per_chunk"]), float(params["margin_bits"]),
+                      int(params["max_candidates_log2"]), int(frame_bits)],
+              "images": [[im.name, im.mode, *map(int, im.pixels.shape)] for im in images]}
+    if lossless_tail:
+        header["lossless_tail"] = True
+    return C.pack(C.Container("lossy", fingerprint, header, bytes(body))), reports
+
+
+def _open(data: bytes, model: DiffusionModel, fingerprint: str, max_bytes=None):
+    c = C.parse(data if max_bytes is None else data[:max_bytes], allow_truncated=True)
+    if c.mode != "lossy":
+        raise C.StreamError("not a lossy stream")
+    C.check_model(c, fingerprint)
+    h = c.header
+    if C.field(h, "codec", str) != CODEC or C.field(h, "format", int) != FORMAT:
+        raise C.StreamError("unsupported lossy codec or stream format")
+    steps = C.field(h, "steps", int, 1, 100000)
+    C.field(h, "seed", int, 0, (1 << 32) - 1)
+    if "lossless_tail" in h:
+        C.field(h, "lossless_tail", bool)
+    _check_images(h, len(c.payload))
+    params, frame_bits = _check_params(h)
+    times = model.schedule.chain(steps)
+    if _times_hash(times) != h.get("times_sha"):
+        raise C.ModelMismatch("stream's chain times differ from this model's chain")
+    images = [ImageRecord(np.zeros((hh, ww, cc), np.uint8), name, mode) for name, mode, hh, ww, cc in h["images"]]
+    units = _units(images, model.channels, model.unet.multiple)
+    crcs = h.get("final_crc")
+    if not (isinstance(crcs, list) and len(crcs) == len(units) and
+            all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 32 for v in crcs)):
+        raise C.StreamError("corrupt stream: bad final checks")
+    cfg = {"params": params, "frame_bits": frame_bits, "tail": bool(h.get("lossless_tail", False)),
+           "seed": h["seed"], "crc": crcs}
+    return c, cfg, _Chain(model, times), images, units
+
+
+def _unit_slices(body: bytes, count: int, strict: bool):
+    """Each unit's bytes and whether they are all there; strict (a complete
+    container): every unit must be whole and nothing may follow the last."""
+    pos = 0
+    for _ in range(count):
+        length, p = _read_varint(body, pos)
+        whole = length is not None and p + length <= len(body)
+        if strict and not whole:
+            raise C.StreamError("corrupt stream: a unit is longer than the payload")
+        yield (b"" if length is None else body[p:p + length]), whole
+        pos = len(body) if length is None else min(len(body), p + length)
+    if strict and pos != len(body):
+        raise C.StreamError("corrupt stream: trailing bytes after the last unit")
+
+
+def decode(data: bytes, model: DiffusionModel, fingerprint: str, stop_at=None, max_bytes=None,
+           stochastic=False, latents: list | None = None) -> list[ImageRecord]:
+    """Images from a stream or any prefix of it (max_bytes), down to latent index
+    stop_at at most. latents, if a list, receives per unit [(level, z), ...]."""
+    c, cfg, chain, images, units = _open(data, model, fingerprint, max_bytes)
+    stop_level = None if stop_at is None else int(stop_at)
+    strict = not c.truncated
+    for n, ((i, j, u), (sub, whole)) in enumerate(zip(units, _unit_slices(c.payload, len(units), strict))):
+        lat = [] if latents is not None else None
+        r = decode_unit(chain, sub, u.shape, cfg["seed"] + n, cfg["params"], cfg["frame_bits"], cfg["tail"],
+                        stop_level, stochastic, latents=lat)
+        if latents is not None:
+            latents.append(lat)
+        if strict and r["kind"] != "stopped":
+            if not r["complete"]:
+                raise C.StreamError("corrupt stream: a frame runs past its unit")
+            if _crc(r["x0_hat"]) != cfg["crc"][n]:
+                raise C.StreamError("decoded image fails the stream's check (damaged stream, other seed, "
+                                    "or conditionals computed differently from the encoder's)")
+        px = r["pixels"]
+        im = images[i]
+        hh, ww, _ = im.pixels.shape
+        if model.channels == 1:
+            im.pixels[:, :, j] = px[0, :hh, :ww]
+        else:
+            im.pixels[...] = px.transpose(1, 2, 0)[:hh, :ww]
+    return images
+
+
+def progressive(data: bytes, model: DiffusionModel, fingerprint: str):
+    """Every truncation point of a complete stream in one decoding pass: per unit a
+    list of dicts (end: file byte offset where the frame ends, so that
+    decode(max_bytes=end) shows this image; level; pixels (C, H, W))."""
+    c, cfg, chain, images, units = _open(data, model, fingerprint)
+    start = len(data) - 4 - len(c.payload)             # payload offset in the file
+    out = []
+    for n, ((i, j, u), (sub, _)) in enumerate(zip(units, _unit_slices(c.payload, len(units), True))):
+        base = start + _unit_offset(c.payload, n)
+        pts = []
+        for kind, end, level, z, eps in iter_unit(chain, sub, u.shape, cfg["seed"] + n, cfg["params"],
+                                                  cfg["frame_bits"], cfg["tail"]):
+            px = _show(chain, kind, z, eps, level, u.shape)
+            pts.append({"end": base + end, "level": level, "pixels": px})
+        out.append(pts)
+    return out
+
+
+def _unit_offset(body: bytes, n: int) -> int:
+    pos = 0
+    for k in range(n + 1):
+        length, p = _read_varint(body, pos)
+        if k == n:
+            return p
+        pos = p + length
