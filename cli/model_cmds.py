@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import click
@@ -110,7 +109,6 @@ def train(model_name, data, out, steps, batch_size, lr, warmup, lr_decay_to, ema
 @click.option("--shard", default=None, help="i/n: evaluate only contiguous shard i of n (merge with `merge`)")
 def nll(split, data, n, steps, model_path, json_path, batch, seed, shard):
     """Exact negative VLB in bits/dim, every term of the chain summed."""
-    import torch
     from ddpm_codec.checkpoint import load_model
     from ddpm_codec.data import load_dataset, shard_bounds
     from ddpm_codec.evaluate import evaluate_nll, format_summary

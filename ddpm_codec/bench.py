@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from . import lossless
-from .checkpoint import load_model
 from .vlb import chain_terms
 
 

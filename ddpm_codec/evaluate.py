@@ -7,9 +7,6 @@ merge is exact.
 """
 from __future__ import annotations
 
-import json
-import math
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -9,7 +9,7 @@ chosen by named configs in `ddpm_codec.configs`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, asdict
 
 import torch
 from torch import nn

@@ -11,7 +11,7 @@ no sampling of t.  Computation is float64 after the network call.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
