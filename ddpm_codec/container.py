@@ -1,45 +1,46 @@
 """The `.ddpmc` file format shared by the lossless and the lossy codec.
 
-Layout (little-endian):
+Layout:
 
     offset  size  field
     0       5     magic b"DDPMC"
     5       1     format version (1)
     6       1     mode: 0 lossless, 1 lossy
     7       1     flags: bit 0 = payload encrypted (keystream XOR)
-    8       32    model fingerprint (sha256 of config + weights)
-    40      4     header length H (<= 1 MiB)
-    44      H     header: deflate-compressed UTF-8 JSON (chain, grid, images,
-                  checksums, coder parameters; see each codec), at most
-                  1 MiB once inflated
-    44+H    4     CRC-32 of bytes 0 .. 44+H
-    48+H    8     payload length P
-    56+H    P     payload (codec-specific)
-    56+H+P  4     CRC-32 of the payload
+    8       8     model fingerprint (first 8 bytes of the SHA-256 of config + weights)
+    16      v     header length H (varint, <= 64 KiB)
+    ..      H     header: a compact binary dict (`ddpm_codec.compact`): chain,
+                  grid, images, checksums, coder parameters (see each codec)
+    ..      2     low 16 bits of the CRC-32 of everything before
+    ..      v     payload length P (varint)
+    ..      P     payload (codec-specific)
+    ..      4     CRC-32 of everything before
 
-The CRCs catch damage before any decoding work starts; a checksum of the
-original pixels inside the header catches a decode that went wrong anyway
-(for instance conditionals computed differently on another machine).  Every
-size is checked against what the file can hold before it is used, so a
+Why so small: a 28x28 image costs a few hundred bytes, so every byte of
+framing shows in bits/dim (a JSON header cost 2-3 bits/dim per image).
+The header's own CRC lets a lossy *prefix* (cut on purpose) be trusted up to
+its payload; the final CRC catches damage before any decoding work starts,
+and a checksum of the original pixels inside the header catches a decode
+that went wrong anyway (e.g. conditionals computed differently elsewhere).
+Every size is checked against what the file holds before it is used, so a
 hostile header cannot make the decoder allocate or loop without bound.
-A lossy stream may be cut short on purpose: `parse(..., allow_truncated=True)`
-then returns the payload prefix that is there.
 """
 from __future__ import annotations
 
-import json
 import struct
 import zlib
 from dataclasses import dataclass
 
+from . import compact, varint
 from .errors import CodecError
 
 MAGIC = b"DDPMC"
 VERSION = 1
 MODES = {"lossless": 0, "lossy": 1}
-MAX_HEADER = 1 << 20
-MAX_PAYLOAD = 1 << 34
+MAX_HEADER = 1 << 16
+MAX_PAYLOAD = 1 << 40
 FLAG_ENCRYPTED = 1
+FINGERPRINT_BYTES = 8
 
 
 class StreamError(CodecError):
@@ -53,29 +54,41 @@ class ModelMismatch(StreamError):
 @dataclass
 class Container:
     mode: str
-    fingerprint: str          # hex
+    fingerprint: str          # hex; only its first 8 bytes are stored
     header: dict
     payload: bytes
     encrypted: bool = False
     truncated: bool = False
 
 
+def pack_raw(mode: int, fingerprint: bytes, head: bytes, payload: bytes, version: int = VERSION,
+             flags: int = 0) -> bytes:
+    """Frame given header bytes (tests use it to build damaged streams)."""
+    pre = MAGIC + bytes([version, mode, flags]) + fingerprint[:FINGERPRINT_BYTES] + varint.encode(len(head)) + head
+    pre += struct.pack("<H", zlib.crc32(pre) & 0xFFFF)
+    out = pre + varint.encode(len(payload)) + payload
+    return out + struct.pack("<I", zlib.crc32(out))
+
+
 def pack(c: Container) -> bytes:
-    fp = bytes.fromhex(c.fingerprint)
-    if len(fp) != 32:
-        raise ValueError("fingerprint must be 32 bytes of hex")
-    raw = json.dumps(c.header, separators=(",", ":"), sort_keys=True).encode()
-    if len(raw) > MAX_HEADER:
+    head = compact.dumps(c.header)
+    if len(head) > MAX_HEADER:
         raise ValueError("header too large")
-    head = zlib.compress(raw, 9)
-    pre = MAGIC + bytes([VERSION, MODES[c.mode], FLAG_ENCRYPTED if c.encrypted else 0]) + fp
-    pre += struct.pack("<I", len(head)) + head
-    out = pre + struct.pack("<I", zlib.crc32(pre)) + struct.pack("<Q", len(c.payload)) + c.payload
-    return out + struct.pack("<I", zlib.crc32(c.payload))
+    return pack_raw(MODES[c.mode], bytes.fromhex(c.fingerprint), head, c.payload,
+                    flags=FLAG_ENCRYPTED if c.encrypted else 0)
 
 
-def _no_constant(name):
-    raise ValueError(f"{name} in header")
+def header_end(data: bytes) -> int:
+    """Offset of the payload length field (after the header CRC); StreamError if cut short."""
+    hlen, pos = varint.decode(data, 16)
+    if hlen is None:
+        raise StreamError("truncated stream: header incomplete" if len(data) < 26 else
+                          "corrupt stream: header length out of range")
+    if hlen > MAX_HEADER:
+        raise StreamError("corrupt stream: header length out of range")
+    if len(data) < pos + hlen + 2:
+        raise StreamError("truncated stream: header incomplete")
+    return pos + hlen + 2
 
 
 def parse(data: bytes, allow_truncated: bool = False) -> Container:
@@ -86,7 +99,7 @@ def parse(data: bytes, allow_truncated: bool = False) -> Container:
         if MAGIC.startswith(data):
             raise StreamError("truncated stream: header incomplete")
         raise StreamError("not a ddpm-codec stream (bad magic)")
-    if len(data) < 44:
+    if len(data) < 17:
         raise StreamError("truncated stream: header incomplete")
     version, mode, flags = data[5], data[6], data[7]
     if version != VERSION:
@@ -95,30 +108,24 @@ def parse(data: bytes, allow_truncated: bool = False) -> Container:
     names = {v: k for k, v in MODES.items()}
     if mode not in names or flags & ~FLAG_ENCRYPTED:
         raise StreamError("corrupt stream: unknown mode or flags")
-    (hlen,) = struct.unpack_from("<I", data, 40)
-    if hlen > MAX_HEADER:
-        raise StreamError("corrupt stream: header length out of range")
-    if len(data) < 56 + hlen:
-        raise StreamError("truncated stream: header incomplete")
-    (crc,) = struct.unpack_from("<I", data, 44 + hlen)
-    if zlib.crc32(data[:44 + hlen]) != crc:
+    end = header_end(data)
+    (crc,) = struct.unpack_from("<H", data, end - 2)
+    if zlib.crc32(data[:end - 2]) & 0xFFFF != crc:
         raise StreamError("corrupt stream: header checksum mismatch")
+    hstart = end - 2 - varint.decode(data, 16)[0]
     try:
-        inflater = zlib.decompressobj()
-        raw = inflater.decompress(data[44:44 + hlen], MAX_HEADER)
-        if inflater.unconsumed_tail or not inflater.eof:
-            raise StreamError("corrupt stream: header too large or incomplete")
-        header = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
-    except (zlib.error, ValueError, RecursionError):
-        # ValueError covers bad UTF-8, bad JSON, NaN/Infinity and over-long integers;
-        # RecursionError a deeply nested header
-        raise StreamError("corrupt stream: header is not valid")
+        header = compact.loads(data[hstart:end - 2])
+    except compact.CompactError as e:
+        raise StreamError(f"corrupt stream: header is not valid ({e})")
     if not isinstance(header, dict):
         raise StreamError("corrupt stream: header is not an object")
-    (plen,) = struct.unpack_from("<Q", data, 48 + hlen)
+    plen, start = varint.decode(data, end)
+    if plen is None:
+        if not allow_truncated:
+            raise StreamError("truncated stream: payload length missing")
+        plen, start = 0, len(data)
     if plen > MAX_PAYLOAD:
         raise StreamError("corrupt stream: payload length out of range")
-    start = 56 + hlen
     payload = data[start:start + plen]
     truncated = len(payload) < plen or len(data) < start + plen + 4
     if truncated:
@@ -127,15 +134,15 @@ def parse(data: bytes, allow_truncated: bool = False) -> Container:
     else:
         if len(data) > start + plen + 4:
             raise StreamError("corrupt stream: trailing bytes after the payload")
-        (pcrc,) = struct.unpack_from("<I", data, start + plen)
-        if zlib.crc32(payload) != pcrc:
-            raise StreamError("corrupt stream: payload checksum mismatch")
-    return Container(names[mode], data[8:40].hex(), header, bytes(payload), bool(flags & FLAG_ENCRYPTED),
+        (fcrc,) = struct.unpack_from("<I", data, start + plen)
+        if zlib.crc32(data[:start + plen]) != fcrc:
+            raise StreamError("corrupt stream: checksum mismatch")
+    return Container(names[mode], data[8:16].hex(), header, bytes(payload), bool(flags & FLAG_ENCRYPTED),
                      truncated)
 
 
 def check_model(c: Container, fingerprint: str):
-    if c.fingerprint != fingerprint:
+    if c.fingerprint != fingerprint[:2 * FINGERPRINT_BYTES]:
         raise ModelMismatch(f"stream was made with model {c.fingerprint[:12]}, not with the model given "
                             f"({fingerprint[:12]}); pass the right --model")
 

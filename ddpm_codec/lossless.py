@@ -107,6 +107,12 @@ def _units(images: list[ImageRecord], channels: int, multiple: int):
 
 
 def pixel_checksum(images) -> str:
+    """First 64 bits (hex) of the SHA-256 of every image's shape and pixels:
+    plenty to catch a decode that went wrong, and 8 bytes in the header."""
+    return _pixel_sha256(images)[:16]
+
+
+def _pixel_sha256(images) -> str:
     h = hashlib.sha256()
     for im in images:
         h.update(f"{im.pixels.shape}|".encode())
@@ -288,8 +294,7 @@ def _encode(images, model, fingerprint, steps, grid_fraction, encrypt, max_group
         "groups": groups,
         "images": [[im.name, im.mode, *map(int, im.pixels.shape)] for im in images],
         "pixels_sha256": checksum,
-        "determinism": {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                        "dtype": str(next(model.unet.parameters(), torch.zeros(0)).dtype), "device": "cpu"},
+        "determinism": {"torch": torch.__version__, "threads": torch.get_num_threads()},
     }
     data = C.pack(C.Container("lossless", fingerprint, header, payload, encrypt))
     rep.file_bytes = len(data)

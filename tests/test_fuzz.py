@@ -70,7 +70,7 @@ def check_parse(blob: bytes):
             c = C.parse(blob, allow_truncated=allow)
         except C.StreamError:
             continue
-        assert isinstance(c.header, dict) and c.mode in C.MODES and len(c.fingerprint) == 64
+        assert isinstance(c.header, dict) and c.mode in C.MODES and len(c.fingerprint) == 2 * C.FINGERPRINT_BYTES
         assert allow or not c.truncated
     for f in (api.stream_names, api.stream_mode):
         try:

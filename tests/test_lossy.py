@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_codec import lossy_steps
+from ddpm_codec import lossy_steps, varint
 from ddpm_codec import container, lossy
 from ddpm_codec.closed_form import closed_form_model
 from ddpm_codec.lossless import ImageRecord
@@ -51,8 +51,8 @@ def _rec(a, name="x.png"):
 
 def _header_len(data: bytes) -> int:
     """Bytes before the payload: everything a prefix needs before any frame."""
-    (hlen,) = struct.unpack_from("<I", data, 40)
-    return 56 + hlen
+    end = container.header_end(data)
+    return end + len(varint.encode(len(container.parse(data).payload)))
 
 
 def _repack(data: bytes, **fields) -> bytes:
