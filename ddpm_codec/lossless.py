@@ -45,6 +45,10 @@ from .model import DiffusionModel
 CODEC = "bitswap"
 MAX_UNITS = 1 << 20
 MAX_DIMS = 1 << 30
+# the U-Net runs on a whole plane at once, and its self-attention is quadratic in
+# the positions of its lowest level: 2^16 pixels (256 x 256) keeps that under
+# ~100 MB; larger images are refused with a clear error, never half-coded
+MAX_UNIT_PIXELS = 1 << 16
 # Decoding work (chain steps x padded dims, plus a per-group charge) that a
 # header may ask for: this floor, or this much per payload bit (legit streams
 # carry >= ~1 bit/dim, so they stay orders of magnitude below it).
@@ -93,6 +97,9 @@ def _units(images: list[ImageRecord], channels: int, multiple: int):
     for i, im in enumerate(images):
         p = im.pixels
         h, w, c = p.shape
+        if h * w > MAX_UNIT_PIXELS:
+            raise C.CodecError(f"{im.name}: {w}x{h} is larger than this codec codes at once "
+                               f"({MAX_UNIT_PIXELS} pixels); split it into tiles")
         ph, pw = -h % multiple, -w % multiple
         if channels == 1:
             planes = [p[:, :, j:j + 1] for j in range(c)]
@@ -323,6 +330,8 @@ def check_image_list(h: dict, payload_bytes: int) -> list:
         ok = ok and all(isinstance(v, int) and not isinstance(v, bool) for v in im[2:])
         if not ok or not (1 <= im[2] <= 1 << 16 and 1 <= im[3] <= 1 << 16 and 1 <= im[4] <= 4):
             raise C.StreamError("corrupt stream: bad image record")
+        if im[2] * im[3] > MAX_UNIT_PIXELS:
+            raise C.StreamError("corrupt stream: an image is larger than any encoder writes")
         dims += im[2] * im[3] * im[4]
     if dims > MAX_DIMS or dims > 64 * 8 * max(payload_bytes, 64) * 64:
         raise C.StreamError("corrupt stream: image sizes do not fit the payload")

@@ -66,7 +66,7 @@ from . import container as C
 from . import diffusion as D
 from . import varint
 from .lossy_steps import _STOP, _Ctx, _decode_step, _encode_step
-from .lossless import ImageRecord, _units, pixel_checksum, _times_hash
+from .lossless import ImageRecord, _units, check_image_list, pixel_checksum, _times_hash
 from .model import DiffusionModel
 
 CODEC = "rcc-progressive"
@@ -325,24 +325,11 @@ def _check_params(h) -> tuple:
     return {"bits_per_chunk": float(b), "margin_bits": float(m), "max_candidates_log2": lmax}, fb
 
 
-MAX_UNITS, MAX_DIMS = 1 << 16, 1 << 30
 
 
 def _check_images(h: dict, payload_bytes: int):
-    """The header's image list [name, mode, H, W, C], bounded so that a hostile
-    header cannot make the decoder allocate without limit."""
-    imgs = C.field(h, "images", list)
-    if not 1 <= len(imgs) <= MAX_UNITS:
-        raise C.StreamError("corrupt stream: image count out of range")
-    dims = 0
-    for im in imgs:
-        ok = isinstance(im, list) and len(im) == 5 and isinstance(im[0], str) and isinstance(im[1], str)
-        ok = ok and all(isinstance(v, int) and not isinstance(v, bool) for v in im[2:])
-        if not ok or not (1 <= im[2] <= 1 << 16 and 1 <= im[3] <= 1 << 16 and 1 <= im[4] <= 4):
-            raise C.StreamError("corrupt stream: bad image record")
-        dims += im[2] * im[3] * im[4]
-    if dims > MAX_DIMS:
-        raise C.StreamError("corrupt stream: image sizes out of range")
+    """The lossless codec's image-list check: sizes bounded by the payload."""
+    check_image_list(h, payload_bytes)
 
 
 def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, steps: int = 100,
