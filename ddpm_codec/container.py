@@ -6,7 +6,8 @@ Layout:
     0       5     magic b"DDPMC"
     5       1     format version (1)
     6       1     mode: 0 lossless, 1 lossy
-    7       1     flags: bit 0 = payload encrypted (keystream XOR)
+    7       1     flags: bit 0 = payload encrypted (keystream XOR),
+                  bit 1 = header deflated (used when that is smaller)
     8       8     model fingerprint (first 8 bytes of the SHA-256 of config + weights)
     16      v     header length H (varint, <= 64 KiB)
     ..      H     header: a compact binary dict (`ddpm_codec.compact`): chain,
@@ -40,6 +41,7 @@ MODES = {"lossless": 0, "lossy": 1}
 MAX_HEADER = 1 << 16
 MAX_PAYLOAD = 1 << 40
 FLAG_ENCRYPTED = 1
+FLAG_DEFLATED = 2          # header bytes are raw-deflated (many near-identical image records)
 FINGERPRINT_BYTES = 8
 
 
@@ -74,8 +76,23 @@ def pack(c: Container) -> bytes:
     head = compact.dumps(c.header)
     if len(head) > MAX_HEADER:
         raise ValueError("header too large")
-    return pack_raw(MODES[c.mode], bytes.fromhex(c.fingerprint), head, c.payload,
-                    flags=FLAG_ENCRYPTED if c.encrypted else 0)
+    flags = FLAG_ENCRYPTED if c.encrypted else 0
+    z = zlib.compressobj(9, zlib.DEFLATED, -15)
+    small = z.compress(head) + z.flush()
+    if len(small) < len(head):
+        head, flags = small, flags | FLAG_DEFLATED
+    return pack_raw(MODES[c.mode], bytes.fromhex(c.fingerprint), head, c.payload, flags=flags)
+
+
+def _inflate(raw: bytes) -> bytes:
+    d = zlib.decompressobj(-15)
+    try:
+        out = d.decompress(raw, MAX_HEADER + 1)
+    except zlib.error:
+        raise StreamError("corrupt stream: header does not inflate")
+    if len(out) > MAX_HEADER or d.unconsumed_tail or not d.eof or d.unused_data:
+        raise StreamError("corrupt stream: header does not inflate")
+    return out
 
 
 def header_end(data: bytes) -> int:
@@ -106,15 +123,18 @@ def parse(data: bytes, allow_truncated: bool = False) -> Container:
         raise StreamError(f"stream format version {version} is not supported (this ddpm-codec reads {VERSION})"
                           if version > VERSION else f"unknown stream format version {version}")
     names = {v: k for k, v in MODES.items()}
-    if mode not in names or flags & ~FLAG_ENCRYPTED:
+    if mode not in names or flags & ~(FLAG_ENCRYPTED | FLAG_DEFLATED):
         raise StreamError("corrupt stream: unknown mode or flags")
     end = header_end(data)
     (crc,) = struct.unpack_from("<H", data, end - 2)
     if zlib.crc32(data[:end - 2]) & 0xFFFF != crc:
         raise StreamError("corrupt stream: header checksum mismatch")
     hstart = end - 2 - varint.decode(data, 16)[0]
+    raw = data[hstart:end - 2]
+    if flags & FLAG_DEFLATED:
+        raw = _inflate(raw)
     try:
-        header = compact.loads(data[hstart:end - 2])
+        header = compact.loads(raw)
     except compact.CompactError as e:
         raise StreamError(f"corrupt stream: header is not valid ({e})")
     if not isinstance(header, dict):
