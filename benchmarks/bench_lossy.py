@@ -5,7 +5,7 @@ single-image stream is encoded (defaults of `ddpm_codec.lossy`) and decoded
 at every truncation point (frame end) in one progressive pass. Per point:
 
 - codec rate: payload bits/dim up to the frame end (unit length prefix
-  included), and the same with the file header (container, JSON header) --
+  included), and the same with the file header (container and compact header) --
   the header is a fixed cost, reported apart and included;
 - evaluator (rd_curve.rd_terms, topdown latents, `--seeds` draws per image):
   the rate L_T + KLs at the same chain level, the RMSE of x0_hat there, and
@@ -93,7 +93,7 @@ def code_image(model, fp, img, steps, name, params=None):
 def image_rows(model, fp, img, k, steps, seeds):
     D = img.size
     data, rep, pts, enc_s, dec_s = code_image(model, fp, img, steps, f"test{k}.png")
-    payload_start = 56 + _hlen(data)                  # container fields + JSON header before the payload
+    payload_start = _payload_start(data)              # container fields + header before the payload
     header_bytes = len(data) - (rep["frames"][-1]["end_byte"] + rep["offset"])
     K = model.schedule.chain(steps).numel()
     rate, rm, rm_sd = evaluator(model, img, steps, seeds)
@@ -128,9 +128,10 @@ def image_rows(model, fp, img, k, steps, seeds):
     return rows, summary
 
 
-def _hlen(data: bytes) -> int:
-    import struct
-    return struct.unpack_from("<I", data, 40)[0]
+def _payload_start(data: bytes) -> int:
+    from ddpm_codec import container, varint
+    end = container.header_end(data)
+    return end + len(varint.encode(len(container.parse(data).payload)))
 
 
 def sweep(model, fp, img, steps, settings):
