@@ -113,6 +113,16 @@ def _units(images: list[ImageRecord], channels: int, multiple: int):
     return out
 
 
+def place_unit(image: ImageRecord, plane: int, unit: np.ndarray) -> None:
+    """Write a decoded (C, H', W') unit back into its image, cropping the
+    padding: plane `plane` of the image for a one-channel unit, else all."""
+    hh, ww, _ = image.pixels.shape
+    if unit.shape[0] == 1:
+        image.pixels[:, :, plane] = unit[0, :hh, :ww]
+    else:
+        image.pixels[...] = unit.transpose(1, 2, 0)[:hh, :ww]
+
+
 def pixel_checksum(images) -> str:
     """First 64 bits (hex) of the SHA-256 of every image's shape and pixels:
     plenty to catch a decode that went wrong, and 8 bytes in the header."""
@@ -457,14 +467,8 @@ def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None) 
             if px.shape != (u.shape[1], u.shape[2], u.shape[0]):
                 raise C.StreamError("corrupt stream: a seed image has the wrong size")
             u[...] = px.transpose(2, 0, 1)
-    # reassemble images from units (crop the padding)
     for i, j, u in units:
-        im = images[i]
-        hh, ww, _ = im.pixels.shape
-        if model.channels == 1:
-            im.pixels[:, :, j] = u[0, :hh, :ww]
-        else:
-            im.pixels[...] = u.transpose(1, 2, 0)[:hh, :ww]
+        place_unit(images[i], j, u)
     if pixel_checksum(images) != h["pixels_sha256"]:
         raise C.StreamError("decoded pixels fail the checksum (damaged stream or different conditionals)")
     return images

@@ -66,7 +66,7 @@ from . import container as C
 from . import diffusion as D
 from . import varint
 from .lossy_steps import _STOP, _Ctx, _decode_step, _encode_step
-from .lossless import ImageRecord, _units, check_image_list, pixel_checksum, _times_hash
+from .lossless import ImageRecord, _units, check_image_list, pixel_checksum, place_unit, _times_hash
 from .model import DiffusionModel
 
 CODEC = "rcc-progressive"
@@ -431,13 +431,7 @@ def decode(data: bytes, model: DiffusionModel, fingerprint: str, stop_at=None, m
             if _crc(r["x0_hat"]) != cfg["crc"][n]:
                 raise C.StreamError("decoded image fails the stream's check (damaged stream, other seed, "
                                     "or conditionals computed differently from the encoder's)")
-        px = r["pixels"]
-        im = images[i]
-        hh, ww, _ = im.pixels.shape
-        if model.channels == 1:
-            im.pixels[:, :, j] = px[0, :hh, :ww]
-        else:
-            im.pixels[...] = px.transpose(1, 2, 0)[:hh, :ww]
+        place_unit(images[i], j, r["pixels"])
     return images
 
 
