@@ -52,8 +52,7 @@ import numpy as np
 
 from .rcc_coder import RCCError, Reader, Writer, categorical, frame, unframe, uniform
 from .rcc_index import join_index, mantissa_size, octave_prior, search_log2, split_index
-from .rcc_layout import (FlagCoder, base_sizes, chunk_count, gaussian_kl_bits, max_extra,
-                         overflow_rule, walk)
+from .rcc_layout import (chunk_count, code_layout, gaussian_kl_bits, max_extra, overflow_rule)
 from .rcc_random import check_key, permutation
 from .rcc_search import log_weight_coefs, pfr_search, regenerate
 
@@ -121,24 +120,6 @@ def _code_count(io, counts, dims: int) -> tuple:
     return c0, c0 + extra
 
 
-def _code_layout(io, dims: int, chunks: int, rule=None) -> list:
-    sizes = base_sizes(dims, chunks)
-    if chunks == dims:
-        return walk(sizes, lambda start, size: False)
-    wanted = []
-    if rule is not None:
-        walk(sizes, lambda start, size: wanted.append(bool(rule(start, size))) or wanted[-1])
-    if not io.code(int(any(wanted)), categorical([15.0, 1.0])):
-        return walk(sizes, lambda start, size: False)
-    flags = FlagCoder()
-
-    def decide(start, size):
-        bit = io.code(int(rule(start, size)) if rule else 0, categorical(flags.weights()))
-        flags.update(bit)
-        return bool(bit)
-    return walk(sizes, decide)
-
-
 # ---- encoder ------------------------------------------------------------------
 
 def encode_gaussian(mu_q, s_q, mu_p, s_p, seed: int, step: int, bits_per_chunk: float = 16.0,
@@ -166,7 +147,7 @@ def encode_gaussian(mu_q, s_q, mu_p, s_p, seed: int, step: int, bits_per_chunk: 
 
     io = Writer()
     _code_count(io, (c0, chunks), dims)
-    leaves = _code_layout(io, dims, chunks, overflow_rule(kl, m, lmax))
+    leaves = code_layout(io, dims, chunks, overflow_rule(kl, m, lmax))
     n_side = len(io.items)
     a, b, c = log_weight_coefs(mq, sq, mp, sp)
     x = np.empty(dims)
@@ -228,7 +209,7 @@ def decode_gaussian(payload: bytes, mu_p, s_p, seed: int, step: int, bits_per_ch
     mp, sp = mu_p.reshape(-1)[perm], s_p.reshape(-1)[perm]
     io = Reader(payload)
     c0, chunks = _code_count(io, (0, 0), dims)
-    leaves = _code_layout(io, dims, chunks)
+    leaves = code_layout(io, dims, chunks)
     octaves = categorical(octave_prior(c0, chunks, B, m, lmax))
     x = np.empty(dims)
     for ci, (start, size) in enumerate(leaves):

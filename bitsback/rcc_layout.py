@@ -99,3 +99,28 @@ class FlagCoder:
 
     def update(self, bit: int):
         self.counts[bit] += 1.0
+
+
+def code_layout(io, dims: int, chunks: int, rule=None, split_model=None) -> list:
+    """Code (or read) which base chunks are halved; returns the chunk leaves.
+
+    ``io`` is a range-coder writer or reader; ``rule(start, size)`` says which
+    chunks the encoder halves (None on the decoder side).  One flag "any
+    halved?" under ``split_model`` (default 15:1 against), then adaptive
+    per-chunk flags in pre-order."""
+    from .rcc_coder import categorical
+    sizes = base_sizes(dims, chunks)
+    if chunks == dims:
+        return walk(sizes, lambda start, size: False)
+    wanted = []
+    if rule is not None:
+        walk(sizes, lambda start, size: wanted.append(bool(rule(start, size))) or wanted[-1])
+    if not io.code(int(any(wanted)), split_model or categorical([15.0, 1.0])):
+        return walk(sizes, lambda start, size: False)
+    flags = FlagCoder()
+
+    def decide(start, size):
+        bit = io.code(int(rule(start, size)) if rule else 0, categorical(flags.weights()))
+        flags.update(bit)
+        return bool(bit)
+    return walk(sizes, decide)

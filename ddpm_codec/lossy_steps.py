@@ -18,8 +18,7 @@ import numpy as np
 
 from bitsback.rcc_coder import RCCError, categorical, uniform
 from bitsback.rcc_index import join_index, mantissa_size, octave_weights, search_log2, split_index
-from bitsback.rcc_layout import (FlagCoder, base_sizes, chunk_count, gaussian_kl_bits, max_extra,
-                                 overflow_rule, walk)
+from bitsback.rcc_layout import (chunk_count, code_layout, gaussian_kl_bits, max_extra, overflow_rule)
 from bitsback.rcc_random import permutation
 from bitsback.rcc_search import log_weight_coefs, pfr_search, regenerate
 
@@ -105,25 +104,6 @@ def _extra_model(n: int):
     return categorical([32.0 * (n + 1)] + [1.0 / k for k in range(1, n + 1)])
 
 
-def _code_layout(io, dims: int, chunks: int, rule=None) -> list:
-    """Chunk halving flags, as :mod:`bitsback.rcc` codes them."""
-    sizes = base_sizes(dims, chunks)
-    if chunks == dims:
-        return walk(sizes, lambda start, size: False)
-    wanted = []
-    if rule is not None:
-        walk(sizes, lambda start, size: wanted.append(bool(rule(start, size))) or wanted[-1])
-    if not io.code(int(any(wanted)), _SPLIT):
-        return walk(sizes, lambda start, size: False)
-    flags = FlagCoder()
-
-    def decide(start, size):
-        bit = io.code(int(rule(start, size)) if rule else 0, categorical(flags.weights()))
-        flags.update(bit)
-        return bool(bit)
-    return walk(sizes, decide)
-
-
 class _Ctx:
     """What both sides know between steps: level, previous jump and chunk count."""
 
@@ -150,7 +130,7 @@ def _code_head(io, ctx: _Ctx, dims, jump=0, counts=(0, 0), rule=None):
     if c0 > dims:
         raise RCCError(f"step announces {c0} chunks for {dims} dimensions")
     chunks = c0 + io.code(counts[1] - counts[0], _extra_model(max_extra(c0, dims)))
-    leaves = _code_layout(io, dims, chunks, rule)
+    leaves = code_layout(io, dims, chunks, rule, split_model=_SPLIT)
     return jump, c0, chunks, leaves
 
 
