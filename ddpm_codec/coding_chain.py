@@ -84,10 +84,8 @@ class DiffusionChain:
 
     def likelihood(self, z1):
         eps = self._net(z1, self.times[0])
-        z = torch.from_numpy(np.asarray(z1, np.float64))
-        mean = D.predict_x0(z, eps, self.gam[0])
-        scale = torch.exp(0.5 * self.gam[0]).expand_as(mean)
-        return mean.numpy(), scale.numpy()
+        mean, log_scale = D.decoder_params(torch.from_numpy(np.asarray(z1, np.float64)), eps, self.gam[0])
+        return mean.numpy(), torch.exp(log_scale).numpy()
 
     def topdown_posterior(self, k, z_next, x):
         x = torch.from_numpy(np.asarray(x, np.float64))

@@ -55,6 +55,14 @@ def predict_x0(z_t, eps_hat, gamma_t):
     return (z_t - s * eps_hat) / a
 
 
+def decoder_params(z0, eps_hat, gamma_0):
+    """Discretized decoder p(x | z_t0): mean x0_hat(z_t0) and log-scale gamma_0 / 2,
+    i.e. scale sigma_t0 / alpha_t0, the noise level of z_t0 in data units (DDPM's
+    sigma_1 = sqrt(beta_1) up to a factor sqrt(1 - beta_1))."""
+    mean = predict_x0(z0, eps_hat, gamma_0)
+    return mean, (0.5 * gamma_0).expand_as(mean)
+
+
 def reverse(z_t, eps_hat, gamma_s, gamma_t, variance="posterior"):
     """p(z_s | z_t): the posterior with x replaced by x0_hat(z_t).
 

@@ -108,8 +108,8 @@ class _Chain:
         return D.predict_x0(torch.from_numpy(z), eps, self.gam[t]).numpy()
 
     def decoder(self, z, eps):
-        mean = D.predict_x0(torch.from_numpy(z), eps, self.gam[0]).numpy()
-        return mean, np.full_like(mean, float(torch.exp(0.5 * self.gam[0])))
+        mean, log_scale = D.decoder_params(torch.from_numpy(z), eps, self.gam[0])
+        return mean.numpy(), torch.exp(log_scale).numpy()
 
 
 def _to_pixels(x):

@@ -64,13 +64,7 @@ class DiffusionModel(nn.Module):
 
     @torch.no_grad()
     def decoder_params(self, z0: torch.Tensor, t0: float):
-        """Mean and log-scale (model units) of the discretized decoder p(x | z_t0).
-
-        Mean x0_hat(z_t0); scale sigma_t0 / alpha_t0 = exp(gamma_t0 / 2), the
-        noise level of z_t0 in data units (DDPM's sigma_1 = sqrt(beta_1) up
-        to a factor sqrt(1 - beta_1))."""
+        """Mean and log-scale (model units) of the discretized decoder p(x | z_t0)
+        (`diffusion.decoder_params`), float64."""
         z0 = z0.to(F64)
-        g = self.gamma(t0)
-        eps = self.eps(z0, t0).to(F64)
-        mean = D.predict_x0(z0, eps, g)
-        return mean, (0.5 * g).expand_as(mean)
+        return D.decoder_params(z0, self.eps(z0, t0).to(F64), self.gamma(t0))
