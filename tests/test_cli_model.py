@@ -24,16 +24,6 @@ def run(*args):
     return res
 
 
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
-    torch.manual_seed(0)
-    m = DiffusionModel.from_config(get_config("tiny"))
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    save_model(m, path, {"ema": True})
-    return path
 
 
 @pytest.mark.parametrize("steps", [1, 7])

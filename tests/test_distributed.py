@@ -12,9 +12,6 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from ddpm_codec.checkpoint import save_model
-from ddpm_codec.configs import get_config
-from ddpm_codec.model import DiffusionModel
 from ddpm_codec_cli.main import cli
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -124,16 +121,6 @@ def test_resume_one_rank_then_two(runs):
 
 # ---------------------------------------------------------------- sharded nll
 
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
-    torch.manual_seed(0)
-    m = DiffusionModel.from_config(get_config("tiny"))
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    path = tmp_path_factory.mktemp("m") / "tiny"
-    save_model(m, path)
-    return path
 
 
 def _nll(tiny_path, data, json_path, *extra):
