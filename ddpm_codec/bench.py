@@ -42,9 +42,11 @@ def lossless_record(model, fingerprint, images: np.ndarray, steps: int, seed: in
     times = model.schedule.chain(steps)
     terms = chain_terms(model, torch.from_numpy(images.copy()), times, torch.Generator().manual_seed(seed))
     vlb = float(terms.total.sum()) / dims
-    m = rep.seed_units                      # the first m images are the classical seed
+    m = rep.seed_units                      # images coded classically as the seed
     chain_dims = max(rep.chain_dims, 1)
-    vlb_chain = float(terms.total[m:].sum()) / chain_dims if m < len(images) else float("nan")
+    keep = np.ones(len(images), bool)
+    keep[rep.seed_images] = False
+    vlb_chain = float(terms.total[torch.from_numpy(keep)].sum()) / chain_dims if keep.any() else float("nan")
     return {
         "t_eval": int(steps), "n_images": len(images), "dims": dims,
         "neg_vlb_bpd": vlb,

@@ -12,9 +12,12 @@ units would need that much initial data.  The encoder instead grows groups
 geometrically: each group is as large as the bits already on the stack
 fund (found by trying, halving on a shortfall), so earlier images pay the
 initial bits of later ones and only the first group needs a seed.
-The seed is a documented PRNG word sequence (`bitsback.initial`); the part
-of it that no pop ever touched is left out of the file (the decoder
-regenerates it), so a file carries only the seed bits actually consumed.
+The seed (:mod:`ddpm_codec.lossless_seed`) is real data: the first units
+coded with a classical lossless codec, as few as the first group needs (a
+coarser latent grid for that one group before one more seed unit).  With
+seed_mode "random" it is a documented PRNG word sequence instead
+(`bitsback.initial`), and the part of it no pop touched is left out of the
+file (the decoder regenerates it).
 
 Determinism: the decoder must reproduce every conditional bit for bit.  The
 header records the torch version, thread count, dtype and device the
@@ -24,13 +27,11 @@ pixel checksum (and the seed it gets back) after decoding.
 from __future__ import annotations
 
 import hashlib
-import io
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from PIL import Image as PILImage
 
 from bitsback import bitswap
 from bitsback.errors import BitsBackError, InsufficientInitialBits
@@ -38,7 +39,7 @@ from bitsback.initial import seeded_words
 from bitsback.message import Message
 
 from . import container as C
-from . import varint
+from . import lossless_seed as S
 from .coding_chain import DiffusionChain
 from .model import DiffusionModel
 
@@ -71,12 +72,14 @@ class EncodeReport:
     seed_bits_consumed: int = 0    # PRNG seed bits a pop touched (stored in the file)
     seed_words_added: int = 0
     seed_units: int = 0            # units coded classically as the seed
+    seed_images: list = field(default_factory=list)   # indices of the images those units belong to
     seed_bits: int = 0             # bits of those classical codes
     chain_dims: int = 0            # dims coded by the chain (net_bits is theirs)
     topup_bits: int = 0            # PRNG words added mid-stream for an unfunded unit
     net_bits: int = 0              # stream bits minus the seed bits
     ideal_net_bits: float = 0.0
-    groups: list = field(default_factory=list)
+    groups: list = field(default_factory=list)   # [first position in coding order, size]
+    coarse: list = field(default_factory=list)   # [group, grid fraction] off the main grid
     network_s: float = 0.0
     total_s: float = 0.0
 
@@ -149,6 +152,11 @@ def _coding_order(units) -> list[int]:
     return [n for g in groups for n in g]
 
 
+def _pick_first(order: list[int], j: int) -> list[int]:
+    """Move order[j] to the front (the unit chosen as the first seed)."""
+    return [order[j], *order[:j], *order[j + 1:]] if j else order
+
+
 def _shape_groups(units):
     """Indices of units grouped by padded shape, in first-appearance order."""
     by = {}
@@ -157,175 +165,182 @@ def _shape_groups(units):
     return list(by.values())
 
 
-# ---- the seed: real data for the first pops ----------------------------------
-# PNG and WebP only: their size can be checked before decoding (no decompression
-# bombs from a crafted seed); JPEG XL would gain ~0.2 bits/dim on the seed units.
-SEED_CODECS = ("png", "webp")
-
-
-def _classical_best(unit: np.ndarray):
-    """(codec, bytes) of the smallest exact classical coding of a (C, H, W) unit."""
-    from . import classical
-    hwc = unit.transpose(1, 2, 0)
-    best = None
-    for codec in SEED_CODECS:
-        if not classical.codec_status(codec)[0] or (codec == "webp" and hwc.shape[2] == 2):
-            continue
-        data = classical.encode_lossless(codec, hwc if hwc.shape[2] != 1 else hwc[:, :, 0])
-        if best is None or len(data) < len(best[1]):
-            best = (codec, data)
-    return best
-
-
 def _topup_seed(seed: int, group: int) -> int:
     return (seed + 0x9E3779B97F4A7C15 * (group + 1)) % (1 << 63)
 
 
-def _seed_words(codes) -> np.ndarray:
-    """Classical codes, length-prefixed, padded to whole 32-bit words."""
-    buf = b"".join(varint.encode(len(c)) + c for c in codes)
-    buf += b"\0" * (-len(buf) % 4)
-    return np.frombuffer(buf, dtype="<u4").astype(np.uint32)
-
-
-def _unseed(words: np.ndarray, count: int) -> list[bytes]:
-    buf = words.astype("<u4").tobytes()
-    out, pos = [], 0
-    for _ in range(count):
-        n, pos = varint.decode(buf, pos)
-        if n is None or pos + n > len(buf):
-            raise C.StreamError("corrupt stream: the seed data does not parse")
-        out.append(buf[pos:pos + n])
-        pos += n
-    if any(buf[pos:]):
-        raise C.StreamError("corrupt stream: stray bytes after the seed data")
-    return out
+def _stream_seed(checksum: str) -> int:
+    """Keystream and PRNG seed: the pixel checksum's first 63 bits, so the
+    header stores it once (as the checksum)."""
+    return int.from_bytes(bytes.fromhex(checksum)[:8], "little") >> 1
 
 
 # ---- encode -------------------------------------------------------------
+# Grid fractions a one-unit group falls back to while the stack is too small for
+# the main grid, before the encoder pays for one more classical seed unit (first
+# group) or PRNG top-up words (later): a coarser latent grid lowers what the pops
+# read (~2 bits/dim less per doubling) for a small rate cost on that one group
+# (default model, T_eval 100: +0.9% at 1.0, +2% at 1.5, ~0 at 0.5 and 0.25).
+COARSE_GRIDS = (1.0, 2.0)
+DEFAULT_GRID = 0.5
+
+
 def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, steps: int = 100,
-           grid_fraction: float = 0.25, encrypt: bool = True, max_group: int = 64,
+           grid_fraction: float = DEFAULT_GRID, encrypt: bool = True, max_group: int = 64,
            progress=None, seed_mode: str = "classical") -> tuple[bytes, EncodeReport]:
     """seed_mode "classical": the first units are coded with the best classical
     lossless codec and those bits are the initial bits of the first pops (real
-    data, not dead weight); as many units as the first group needs.  With a
-    single unit the smaller of "classical only" and a PRNG-seeded chain wins.
+    data, not dead weight); as few units as the first group needs, each early
+    group on the finest grid in (grid_fraction, *COARSE_GRIDS) the stack funds.  With a single
+    unit the smaller of "classical only" and a PRNG-seeded chain wins.
     seed_mode "random": PRNG seed words (the literature's initial bits)."""
     if seed_mode not in ("classical", "random"):
         raise ValueError("seed_mode must be 'classical' or 'random'")
+    args = (images, model, fingerprint, steps, float(grid_fraction), encrypt, max_group)
     if seed_mode == "classical" and len(_units(images, model.channels, model.unet.multiple)) == 1:
-        a = _encode(images, model, fingerprint, steps, grid_fraction, encrypt, max_group, progress, "classical")
-        b = _encode(images, model, fingerprint, steps, grid_fraction, encrypt, max_group, None, "random")
+        a = _Encoder(*args, progress, "classical").run()
+        b = _Encoder(*args, None, "random").run()
         return a if len(a[0]) <= len(b[0]) else b
-    return _encode(images, model, fingerprint, steps, grid_fraction, encrypt, max_group, progress, seed_mode)
+    return _Encoder(*args, progress, seed_mode).run()
 
 
-def _encode(images, model, fingerprint, steps, grid_fraction, encrypt, max_group, progress, seed_mode):
-    t_start = time.perf_counter()
-    if not images:
-        raise C.CodecError("nothing to compress: no images given")
-    units = _units(images, model.channels, model.unet.multiple)
-    if len(units) > MAX_UNITS:
-        raise C.CodecError(f"too many image planes in one stream ({len(units)} > {MAX_UNITS})")
-    checksum = pixel_checksum(images)
-    seed = int.from_bytes(bytes.fromhex(checksum)[:8], "little") >> 1
-    times = model.schedule.chain(steps)
-    chain = DiffusionChain(model, times, grid_fraction)
-    rep = EncodeReport(dims=int(sum(im.pixels.size for im in images)))
-    order = _coding_order(units)
-    # classical seed: units order[:m] are coded classically, the rest by the chain
-    seed_codes, m = [], 0
-    base_words = np.zeros(0, np.uint32)
-    groups = []          # [first position in `order`, size, PRNG top-up words]
-    seed_added = 0
-    need_per_unit = None     # bits one unit draws from the stack, measured on the first group
-    msg = Message.empty()
-    pos = 0
-    while pos < len(order):
-        shape = units[order[pos]][2].shape
-        run = 1
-        while pos + run < len(order) and units[order[pos + run]][2].shape == shape:
-            run += 1
-        size = 1
-        if need_per_unit:
-            size = max(1, min(max_group, run, int(msg.num_bits() / need_per_unit)))
-        first = not groups
-        x = np.stack([units[order[pos + j]][2] for j in range(size)])
-        try:
-            if first and seed_mode == "random":
-                new, st = bitswap.encode(x, chain, None, seed=seed, encrypt=encrypt, initial="auto",
-                                         initial_seed=seed)
-            else:
-                new, st = bitswap.encode(x, chain, msg, seed=seed + len(groups), encrypt=encrypt,
-                                         initial=np.zeros(0, np.uint32), initial_seed=seed)
-        except InsufficientInitialBits:
-            if size > 1:
-                need_per_unit *= 1.5
-                continue
-            if not first:
-                # a unit larger than the stack funds (rare: sizes descend): top the
-                # stack up with PRNG words, recorded so the decoder strips them
-                new, st = bitswap.encode(x, chain, msg, seed=seed + len(groups), encrypt=encrypt,
-                                         initial="auto", initial_seed=_topup_seed(seed, len(groups)))
-                rep.ideal_net_bits += st.ideal_net_bits
-                rep.topup_bits += 32 * st.added_initial_words
-                msg = new
-                groups.append([pos, size, int(st.added_initial_words)])
-                pos += size
-                if progress:
-                    progress(size)
-                continue
-            # the stack cannot fund the first chain group yet: one more classical unit
-            codec, code = _classical_best(units[order[pos]][2])
-            seed_codes.append((codec, code))
-            base_words = _seed_words([c for _, c in seed_codes])
-            msg = Message.from_words(base_words)
-            m += 1
-            pos += 1
-            if progress:
-                progress(1)
-            continue
-        if first:
-            seed_added = st.added_initial_words
-            need_per_unit = 1.15 * max(st.initial_bits_used, 1) / size
-        rep.ideal_net_bits += st.ideal_net_bits
-        msg = new
-        groups.append([pos, size, 0])
-        pos += size
-        if progress:
-            progress(size)
-    words = msg.words()
-    n_common = 0
-    if seed_mode == "random":
-        base = seeded_words(seed, seed_added)
-        lim = min(base.size, words.size)
-        while n_common < lim and words[n_common] == base[n_common]:
-            n_common += 1
-    payload = words[n_common:].astype("<u4").tobytes()
-    header = {
-        "codec": CODEC, "steps": int(steps), "times_sha": _times_hash(times),
-        "grid_fraction": float(grid_fraction), "seed": seed, "encrypt": bool(encrypt),
-        "seed_mode": seed_mode, "seed_codecs": [c for c, _ in seed_codes],
-        "seed_words": int(seed_added if seed_mode == "random" else base_words.size),
-        "seed_words_omitted": int(n_common),
-        "groups": groups,
-        "images": [[im.name, im.mode, *map(int, im.pixels.shape)] for im in images],
-        "pixels_sha256": checksum,
-        "determinism": {"torch": torch.__version__, "threads": torch.get_num_threads()},
-    }
-    data = C.pack(C.Container("lossless", fingerprint, header, payload, encrypt))
-    rep.file_bytes = len(data)
-    rep.seed_words_added = seed_added
-    rep.seed_bits_consumed = 32 * (seed_added - n_common) if seed_mode == "random" else 0
-    rep.seed_units = m
-    rep.seed_bits = 32 * int(base_words.size)
-    rep.net_bits = msg.num_bits() - (32 * seed_added if seed_mode == "random" else 32 * int(base_words.size)) \
-        - rep.topup_bits
-    rep.chain_dims = int(sum(units[order[n]][2].size for n in range(m, len(order))))
-    rep.groups = groups
-    rep.network_s = chain.network_seconds
-    rep.total_s = time.perf_counter() - t_start
-    return data, rep
+class _Encoder:
+    """One stream: classical seed units, then Bit-Swap groups that grow as
+    fast as the stack funds them (see the module doc)."""
+
+    def __init__(self, images, model, fingerprint, steps, grid_fraction, encrypt, max_group, progress,
+                 seed_mode):
+        if not images:
+            raise C.CodecError("nothing to compress: no images given")
+        self.images, self.model, self.fingerprint = images, model, fingerprint
+        self.steps, self.grid, self.encrypt, self.max_group = steps, grid_fraction, encrypt, max_group
+        self.progress, self.seed_mode = progress, seed_mode
+        self.units = _units(images, model.channels, model.unet.multiple)
+        if len(self.units) > MAX_UNITS:
+            raise C.CodecError(f"too many image planes in one stream ({len(self.units)} > {MAX_UNITS})")
+        self.checksum = pixel_checksum(images)
+        self.seed = _stream_seed(self.checksum)
+        self.times = model.schedule.chain(steps)
+        self._chains = {}
+        # grids a group may fall back to while the stack is small (never for the
+        # PRNG-seeded first group, which gets whatever initial bits it needs)
+        self.grids = [self.grid] + [g for g in COARSE_GRIDS if g > self.grid]
+
+    def chain(self, g: float) -> DiffusionChain:
+        if g not in self._chains:
+            self._chains[g] = DiffusionChain(self.model, self.times, g)
+        return self._chains[g]
+
+    def _tick(self, n):
+        if self.progress:
+            self.progress(n)
+
+    def run(self) -> tuple[bytes, EncodeReport]:
+        t_start = time.perf_counter()
+        units, order, seed = self.units, _coding_order(self.units), self.seed
+        pick = S.pick_first_seed(units, order) if self.seed_mode == "classical" else 0
+        order = _pick_first(order, pick)
+        rep = EncodeReport(dims=int(sum(im.pixels.size for im in self.images)))
+        seed_codes, m = [], 0        # units order[:m] are coded classically as the seed
+        base_words = np.zeros(0, np.uint32)
+        sizes, topups = [], []       # group sizes in coding order; [group, PRNG words] where topped up
+        seed_added, gi = 0, 0       # gi: index into self.grids for the group being tried
+        coarse = []                  # [group, grid fraction] of groups not on the main grid
+        need_per_unit = None         # bits one unit draws from the stack, measured on the first group
+        msg = Message.empty()
+        pos = 0
+        while pos < len(order):
+            shape = units[order[pos]][2].shape
+            run = 1
+            while pos + run < len(order) and units[order[pos + run]][2].shape == shape:
+                run += 1
+            size = 1
+            if need_per_unit and gi == 0:
+                size = max(1, min(self.max_group, run, int(msg.num_bits() / need_per_unit)))
+            first = not sizes
+            g = self.grids[gi]
+            x = np.stack([units[order[pos + j]][2] for j in range(size)])
+            gseed = seed + len(sizes)
+            topup = 0
+            try:
+                if first and self.seed_mode == "random":
+                    new, st = bitswap.encode(x, self.chain(g), None, seed=gseed, encrypt=self.encrypt,
+                                             initial="auto", initial_seed=seed)
+                else:
+                    new, st = bitswap.encode(x, self.chain(g), msg, seed=gseed, encrypt=self.encrypt,
+                                             initial=np.zeros(0, np.uint32), initial_seed=seed)
+            except InsufficientInitialBits:
+                if size > 1:
+                    need_per_unit *= 1.5
+                    continue
+                if gi + 1 < len(self.grids):          # one unit on a coarser grid
+                    gi += 1
+                    continue
+                if first:
+                    # the stack cannot fund the first chain group yet: one more classical unit
+                    seed_codes.append(S.classical_best(units[order[pos]][2]))
+                    base_words = S.seed_words([c for _, c in seed_codes])
+                    msg = Message.from_words(base_words)
+                    m, pos, gi = m + 1, pos + 1, 0
+                    self._tick(1)
+                    continue
+                # a unit larger than the stack funds even on the coarsest grid (rare:
+                # sizes descend): top the stack up with PRNG words, recorded so the
+                # decoder strips them
+                new, st = bitswap.encode(x, self.chain(g), msg, seed=gseed, encrypt=self.encrypt,
+                                         initial="auto", initial_seed=_topup_seed(seed, len(sizes)))
+                topup = int(st.added_initial_words)
+                rep.topup_bits += 32 * topup
+                topups.append([len(sizes), topup])
+            if first:
+                seed_added = st.added_initial_words
+            if need_per_unit is None and not topup:
+                # what a unit on the main grid draws: the first pop reads ~1 bit/dim more per
+                # halving of the grid, on two latents at once (Bit-Swap's peak)
+                extra = 2 * x[0].size * np.log2(g / self.grid)
+                need_per_unit = 1.15 * (max(st.initial_bits_used, 1) / size + extra)
+            if g != self.grid:
+                coarse.append([len(sizes), g])
+            rep.ideal_net_bits += st.ideal_net_bits
+            msg = new
+            sizes.append(size)
+            pos += size
+            gi = 0
+            self._tick(size)
+        words = msg.words()
+        n_common = 0
+        if self.seed_mode == "random":
+            base = seeded_words(seed, seed_added)
+            lim = min(base.size, words.size)
+            while n_common < lim and words[n_common] == base[n_common]:
+                n_common += 1
+        payload = words[n_common:].astype("<u4").tobytes()
+        header = {
+            "codec": CODEC, "steps": int(self.steps), "times_sha": _times_hash(self.times),
+            "grid_fraction": self.grid, "coarse": coarse, "encrypt": bool(self.encrypt),
+            "seed_mode": self.seed_mode, "seed_codecs": [c for c, _ in seed_codes], "seed_pick": pick,
+            "seed_words": int(seed_added if self.seed_mode == "random" else base_words.size),
+            "seed_words_omitted": int(n_common),
+            "groups": sizes, "topups": topups,
+            "images": [[im.name, im.mode, *map(int, im.pixels.shape)] for im in self.images],
+            "pixels_sha256": self.checksum,
+            "determinism": {"torch": torch.__version__, "threads": torch.get_num_threads()},
+        }
+        data = C.pack(C.Container("lossless", self.fingerprint, header, payload, self.encrypt))
+        rep.file_bytes = len(data)
+        rep.seed_words_added = seed_added
+        rep.seed_bits_consumed = 32 * (seed_added - n_common) if self.seed_mode == "random" else 0
+        rep.seed_units = m
+        rep.seed_images = sorted({units[order[n]][0] for n in range(m)})
+        rep.seed_bits = 32 * int(base_words.size)
+        stack_base = 32 * seed_added if self.seed_mode == "random" else 32 * int(base_words.size)
+        rep.net_bits = msg.num_bits() - stack_base - rep.topup_bits
+        rep.chain_dims = int(sum(units[order[n]][2].size for n in range(m, len(order))))
+        rep.groups = [[m + sum(sizes[:k]), s] for k, s in enumerate(sizes)]
+        rep.coarse = coarse
+        rep.network_s = sum(c.network_seconds for c in self._chains.values())
+        rep.total_s = time.perf_counter() - t_start
+        return data, rep
 
 
 # ---- decode -------------------------------------------------------------
@@ -354,23 +369,36 @@ def _check_header(h: dict, payload_bytes: int):
         raise C.StreamError(f"unknown lossless codec {h.get('codec')!r}")
     F(h, "steps", int, 1, 100000)
     F(h, "grid_fraction", float, 1e-6, 1e3)
-    F(h, "seed", int, 0, (1 << 63) - 1)
     F(h, "seed_words", int, 0, 16 * (payload_bytes // 4) + 4096)    # the consumed seed is in the payload
     F(h, "seed_words_omitted", int, 0, h["seed_words"])
     imgs = check_image_list(h, payload_bytes)
-    groups = F(h, "groups", list)
-    if len(groups) > MAX_UNITS:
+    sizes = F(h, "groups", list)
+    if len(sizes) > MAX_UNITS or not all(_is_uint(v) and v >= 1 for v in sizes):
         raise C.StreamError("corrupt stream: bad group list")
-    for g in groups:
-        if not (isinstance(g, list) and len(g) == 3 and all(isinstance(v, int) and not isinstance(v, bool)
-                                                            and v >= 0 for v in g)) or g[2] > 1 << 24:
-            raise C.StreamError("corrupt stream: bad group record")
+    topups = F(h, "topups", list)
+    if len(topups) > len(sizes) or not all(
+            isinstance(t, list) and len(t) == 2 and _is_uint(t[0]) and t[0] < len(sizes) and _is_uint(t[1])
+            and 1 <= t[1] <= 1 << 24 for t in topups) or len({t[0] for t in topups}) != len(topups):
+        raise C.StreamError("corrupt stream: bad top-up list")
+    F(h, "seed_pick", int, 0, S.PICK_AMONG - 1)
+    coarse = F(h, "coarse", list)
+    if len(coarse) > len(sizes) or not all(
+            isinstance(c, list) and len(c) == 2 and _is_uint(c[0]) and c[0] < len(sizes)
+            and isinstance(c[1], float) and 1e-6 <= c[1] <= 1e3 for c in coarse) \
+            or len({c[0] for c in coarse}) != len(coarse) or len({c[1] for c in coarse}) > 8:
+        raise C.StreamError("corrupt stream: bad grid list")
     if F(h, "seed_mode", str) not in ("classical", "random"):
         raise C.StreamError("corrupt stream: unknown seed mode")
     codecs = F(h, "seed_codecs", list)
-    if len(codecs) > len(imgs) * 4 or any(c not in SEED_CODECS for c in codecs):
+    if len(codecs) > len(imgs) * 4 or any(c not in S.SEED_CODECS for c in codecs):
         raise C.StreamError("corrupt stream: bad seed codec list")
-    F(h, "pixels_sha256", str)
+    checksum = F(h, "pixels_sha256", str)
+    if len(checksum) != 16:
+        raise C.StreamError("corrupt stream: bad pixel checksum")
+
+
+def _is_uint(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None) -> list[ImageRecord]:
@@ -393,51 +421,57 @@ def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None) 
         units = _units(images, model.channels, model.unet.multiple)
     except C.CodecError as e:
         raise C.StreamError(f"corrupt stream: {e}")
-    order = _coding_order(units)
+    if h["seed_pick"] >= len(units):
+        raise C.StreamError("corrupt stream: bad seed pick")
+    order = _pick_first(_coding_order(units), h["seed_pick"])
     codecs = h["seed_codecs"]
     m = len(codecs) if h["seed_mode"] == "classical" else 0
-    groups = h["groups"]
-    # the groups must tile order[m:] exactly, in order, each of one shape
-    expect = m
-    for pos, size, _ in groups:
-        if pos != expect or size < 1 or pos + size > len(order) or \
-                len({units[order[pos + j]][2].shape for j in range(size)}) != 1:
+    sizes = h["groups"]
+    # the groups tile order[m:] exactly, in order, each of one shape
+    starts, expect = [], m
+    for size in sizes:
+        if expect + size > len(order) or len({units[order[expect + j]][2].shape for j in range(size)}) != 1:
             raise C.StreamError("corrupt stream: groups do not match the images")
-        expect = pos + size
+        starts.append(expect)
+        expect += size
     if expect != len(order) or m > len(order):
         raise C.StreamError("corrupt stream: groups do not cover the images")
-    work = h["steps"] * (sum(u[2].size for u in units) + WORK_PER_GROUP * len(groups))
+    topup_of = {g: w for g, w in h["topups"]}
+    seed = _stream_seed(h["pixels_sha256"])
+    work = h["steps"] * (sum(u[2].size for u in units) + WORK_PER_GROUP * len(sizes))
     if work > max(MIN_WORK, WORK_PER_PAYLOAD_BIT * 8 * len(c.payload)):
         raise C.StreamError("corrupt stream: the header asks for more decoding work than its payload justifies")
     payload_words = np.frombuffer(c.payload, dtype="<u4").astype(np.uint32)
     if h["seed_mode"] == "random":
-        words = np.concatenate([seeded_words(h["seed"], h["seed_words_omitted"]), payload_words])
+        words = np.concatenate([seeded_words(seed, h["seed_words_omitted"]), payload_words])
     else:
         words = payload_words
     msg = Message.from_words(words)
-    chain = DiffusionChain(model, times, h["grid_fraction"])
+    grid_of = {n: g for n, g in h["coarse"]}
+    chains = {g: DiffusionChain(model, times, g) for g in {h["grid_fraction"], *grid_of.values()}}
     threads = torch.get_num_threads()
     det = h.get("determinism")
     want = det.get("threads") if isinstance(det, dict) else None
     if isinstance(want, int) and 1 <= want <= 1024:
         torch.set_num_threads(want)
     try:
-        for n in range(len(groups) - 1, -1, -1):
-            pos, size, topup = groups[n]
-            members = order[pos:pos + size]
-            shape = (size, *units[members[0]][2].shape)
-            x, msg = bitswap.decode(msg, chain, shape, seed=h["seed"] + n, encrypt=h.get("encrypt", True),
+        for n in range(len(sizes) - 1, -1, -1):
+            members = order[starts[n]:starts[n] + sizes[n]]
+            shape = (sizes[n], *units[members[0]][2].shape)
+            chain = chains[grid_of.get(n, h["grid_fraction"])]
+            x, msg = bitswap.decode(msg, chain, shape, seed=seed + n, encrypt=h.get("encrypt", True),
                                     expect_initial=None)
+            topup = topup_of.get(n, 0)
             if topup:
                 w = msg.words()
-                if w.size < topup or not np.array_equal(w[-topup:], seeded_words(_topup_seed(h["seed"], n), topup)):
+                if w.size < topup or not np.array_equal(w[-topup:], seeded_words(_topup_seed(seed, n), topup)):
                     raise C.StreamError("decoding failed: top-up bits did not come back (damaged stream "
                                         "or different conditionals)")
                 msg = Message.from_words(w[:-topup])
-            for j, k in enumerate(members):      # not `m`: that is the number of seed units
+            for j, k in enumerate(members):
                 units[k][2][...] = x[j]
             if progress:
-                progress(size)
+                progress(sizes[n])
     except (BitsBackError, ValueError, ArithmeticError) as e:     # garbage latents: escapes, non-finite values
         raise C.StreamError(f"decoding failed ({type(e).__name__}): the stream is damaged or was made "
                             f"under different conditionals (see the determinism contract)")
@@ -445,28 +479,15 @@ def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None) 
         torch.set_num_threads(threads)
     left = msg.words()
     if h["seed_mode"] == "random":
-        if not np.array_equal(left, seeded_words(h["seed"], h["seed_words"])):
+        if not np.array_equal(left, seeded_words(seed, h["seed_words"])):
             raise C.StreamError("decoding failed: the seed bits did not come back (damaged stream or "
                                 "conditionals that differ from the encoder's)")
     else:
         if left.size != h["seed_words"]:
             raise C.StreamError("decoding failed: the seed data did not come back intact (damaged stream "
                                 "or conditionals that differ from the encoder's)")
-        from . import classical
-        for n, (codec, code) in enumerate(zip(codecs, _unseed(left, m))):
-            u = units[order[n]][2]
-            try:
-                with PILImage.open(io.BytesIO(code)) as probe:      # size first: no decompression bombs
-                    if probe.size != (u.shape[2], u.shape[1]):
-                        raise C.StreamError("corrupt stream: a seed image has the wrong size")
-                px = classical.decode(codec, code, u.shape[0])
-            except C.StreamError:
-                raise
-            except Exception:  # noqa: BLE001 - any failure of a third-party decoder on damaged data
-                raise C.StreamError("corrupt stream: a seed image does not decode")
-            if px.shape != (u.shape[1], u.shape[2], u.shape[0]):
-                raise C.StreamError("corrupt stream: a seed image has the wrong size")
-            u[...] = px.transpose(2, 0, 1)
+        for n, (codec, code) in enumerate(zip(codecs, S.unseed(left, m))):
+            S.decode_unit(codec, code, units[order[n]][2])
     for i, j, u in units:
         place_unit(images[i], j, u)
     if pixel_checksum(images) != h["pixels_sha256"]:

@@ -218,17 +218,21 @@ def _set(**kw):
 
 
 HEADER_DAMAGE = {
-    "pixel-checksum": (_set(pixels_sha256="0" * 64), "decoded pixels fail the checksum"),
-    "seed": (_set(seed=12345), None),
-    "grid": (_set(grid_fraction=0.5), None),
+    "pixel-checksum": (_set(pixels_sha256="0" * 16), None),      # also the keystream seed
+    "pixel-checksum-long": (_set(pixels_sha256="0" * 64), "bad pixel checksum"),
+    "grid": (_set(grid_fraction=0.3), None),
+    "grid-coarse-added": (lambda h: {**h, "coarse": [[len(h["groups"]) - 1, 2.0]]}, None),
+    "grid-list-bad": (_set(coarse=[[0, "x"]]), "bad grid list"),
+    "topups-bad": (_set(topups=[[99, 1]]), "bad top-up list"),
     "encrypt": (lambda h: {**h, "encrypt": not h["encrypt"]}, None),
     "seed-words": (lambda h: {**h, "seed_words": h["seed_words"] + 1}, None),
     "seed-mode": (lambda h: {**h, "seed_mode": "random" if h["seed_mode"] == "classical" else "classical"}, None),
     "seed-mode-unknown": (_set(seed_mode="magic"), "unknown seed mode"),
     "seed-codecs-unknown": (lambda h: {**h, "seed_codecs": ["bmp"] * len(h["seed_codecs"])}, "seed codec list"),
     "groups-short": (lambda h: {**h, "groups": h["groups"][:-1]}, "groups do not cover the images"),
-    "groups-shifted": (lambda h: {**h, "groups": [[g[0] + 1, g[1], g[2]] for g in h["groups"]]}, "groups do not"),
-    "groups-bad": (_set(groups=[[0, 1]]), "bad group record"),
+    "groups-longer": (lambda h: {**h, "groups": [h["groups"][0] + 1, *h["groups"][1:]]}, "groups do not"),
+    "groups-bad": (_set(groups=[[0, 1]]), "bad group list"),
+    "groups-zero": (lambda h: {**h, "groups": [0, *h["groups"]]}, "bad group list"),
     "images-fewer": (lambda h: {**h, "images": h["images"][:1]}, "groups do not"),
     "images-channels": (lambda h: {**h, "images": [[*r[:4], 7] for r in h["images"]]}, "bad image record"),
     "images-not-list": (_set(images="x"), "bad image list"),
@@ -275,7 +279,7 @@ def test_header_cannot_make_the_decoder_allocate(tmp_path, models, ref):
     blob = C.pack(C.Container("lossless", ref["c"].fingerprint, h, b"0123456789", True))
     decompress_fails(tmp_path, models, blob, "larger than any encoder writes")
     # one 256 KiB image: allocatable, but not for a 10-byte payload
-    h["images"], h["groups"] = [["big", "RGBA", 256, 256, 4]], [[0, 1, 0]]
+    h["images"], h["groups"], h["coarse"], h["topups"] = [["big", "RGBA", 256, 256, 4]], [1], [], []
     blob = C.pack(C.Container("lossless", ref["c"].fingerprint, h, b"0123456789", True))
     decompress_fails(tmp_path, models, blob, "corrupt stream")
     assert time.time() - t0 < 20
@@ -287,7 +291,8 @@ def test_header_cannot_make_the_decoder_loop(tmp_path, models, ref):
     refused before the chain is run (the chain's hash is made to match, as a hostile file could)."""
     model, _ = load_model(str(models["tiny"]))
     change = {"steps": 1000, "times_sha": _times_hash(model.schedule.chain(1000)),
-              "images": [["big.png", "L", 256, 256, 1]] * 8, "groups": [[0, 8, 0]], "seed_mode": "random",
+              "images": [["big.png", "L", 256, 256, 1]] * 8, "groups": [8], "coarse": [], "topups": [],
+              "seed_mode": "random",
               "seed_codecs": []}
     t0 = time.time()
     decompress_fails(tmp_path, models, repack(ref, header=change), "more decoding work than its payload")

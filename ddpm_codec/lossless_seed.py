@@ -1,0 +1,95 @@
+"""The classical seed of a lossless stream: real data for the first pops.
+
+A bits-back stream's first pop reads bits that nobody pushed.  Random
+initial bits would be dead weight in the file; instead the first units of a
+stream are coded with a classical lossless codec (HiLLoC seeded its chain
+with FLIF) and those bytes form the bottom of the ANS stack, so the chain's
+first pops read real data, which the decoder gets back after the chain and
+decodes last.
+
+PNG and WebP only: their image size can be read before decoding (no
+decompression bombs from a crafted seed); JPEG XL would gain ~0.2 bits/dim
+on the seed units but offers no such check through imagecodecs.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image as PILImage
+
+from . import container as C
+from . import varint
+
+SEED_CODECS = ("png", "webp")
+PICK_AMONG = 16
+
+
+def pick_first_seed(units, order) -> int:
+    """Position in `order` of the unit to code first as the seed: the one with
+    the largest classical code among the first PICK_AMONG of the first shape.
+
+    Why: the first chain group needs a fixed number of bits in flight (about
+    7 bits/dim on the main grid, 3.6 on the coarsest), so one rich seed unit
+    often does what two plain ones would, and each seed unit costs its
+    classical code's excess over the model."""
+    if len(order) < 2:
+        return 0
+    shape = units[order[0]][2].shape
+    cands = [j for j in range(min(PICK_AMONG, len(order))) if units[order[j]][2].shape == shape]
+    sizes = [len(classical_best(units[order[j]][2])[1]) for j in cands]
+    return cands[int(np.argmax(sizes))]
+
+
+def classical_best(unit: np.ndarray) -> tuple[str, bytes]:
+    """(codec, bytes) of the smallest exact classical coding of a (C, H, W) unit."""
+    from . import classical
+    hwc = unit.transpose(1, 2, 0)
+    best = None
+    for codec in SEED_CODECS:
+        if not classical.codec_status(codec)[0] or (codec == "webp" and hwc.shape[2] == 2):
+            continue
+        data = classical.encode_lossless(codec, hwc if hwc.shape[2] != 1 else hwc[:, :, 0])
+        if best is None or len(data) < len(best[1]):
+            best = (codec, data)
+    return best
+
+
+def seed_words(codes) -> np.ndarray:
+    """Classical codes, length-prefixed, padded to whole 32-bit words."""
+    buf = b"".join(varint.encode(len(c)) + c for c in codes)
+    buf += b"\0" * (-len(buf) % 4)
+    return np.frombuffer(buf, dtype="<u4").astype(np.uint32)
+
+
+def unseed(words: np.ndarray, count: int) -> list[bytes]:
+    """Inverse of :func:`seed_words`; StreamError on anything left over."""
+    buf = words.astype("<u4").tobytes()
+    out, pos = [], 0
+    for _ in range(count):
+        n, pos = varint.decode(buf, pos)
+        if n is None or pos + n > len(buf):
+            raise C.StreamError("corrupt stream: the seed data does not parse")
+        out.append(buf[pos:pos + n])
+        pos += n
+    if any(buf[pos:]):
+        raise C.StreamError("corrupt stream: stray bytes after the seed data")
+    return out
+
+
+def decode_unit(codec: str, code: bytes, unit: np.ndarray) -> None:
+    """Decode one seed image into the (C, H, W) array `unit`, checking its
+    size before any pixels are decoded."""
+    from . import classical
+    try:
+        with PILImage.open(io.BytesIO(code)) as probe:
+            if probe.size != (unit.shape[2], unit.shape[1]):
+                raise C.StreamError("corrupt stream: a seed image has the wrong size")
+        px = classical.decode(codec, code, unit.shape[0])
+    except C.StreamError:
+        raise
+    except Exception:  # noqa: BLE001 - any failure of a third-party decoder on damaged data
+        raise C.StreamError("corrupt stream: a seed image does not decode")
+    if px.shape != (unit.shape[1], unit.shape[2], unit.shape[0]):
+        raise C.StreamError("corrupt stream: a seed image has the wrong size")
+    unit[...] = px.transpose(2, 0, 1)
