@@ -107,8 +107,10 @@ def train(model_name, data, out, steps, batch_size, lr, warmup, lr_decay_to, ema
 @click.option("--batch", default=100, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--shard", default=None, help="i/n: evaluate only contiguous shard i of n (merge with `merge`)")
-def nll(split, data, n, steps, model_path, json_path, batch, seed, shard):
-    """Exact negative VLB in bits/dim, every term of the chain summed."""
+@click.option("--step-samples", default=0, show_default=True, type=click.IntRange(min=0),
+              help="0: every transition; k: an unbiased stratified sample of k transitions per image")
+def nll(split, data, n, steps, model_path, json_path, batch, seed, shard, step_samples):
+    """Negative VLB in bits/dim, every term of the chain (or a stratified sample of its steps)."""
     from ddpm_codec.checkpoint import load_model
     from ddpm_codec.data import load_dataset, shard_bounds
     from ddpm_codec.evaluate import evaluate_nll, format_summary
@@ -120,7 +122,7 @@ def nll(split, data, n, steps, model_path, json_path, batch, seed, shard):
     if sh:
         a, b = shard_bounds(len(images), *sh)
         images, first = images[a:b], a
-    rec = evaluate_nll(model, images, steps, batch=batch, seed=seed, first_index=first)
+    rec = evaluate_nll(model, images, steps, batch=batch, seed=seed, first_index=first, step_samples=step_samples)
     rec.update({"model": str(model_path), "model_fingerprint": meta["fingerprint"], "split": split,
                 "data": data, "weights": "EMA" if meta.get("ema") else "as saved", "shard": shard})
     click.echo(format_summary(rec))

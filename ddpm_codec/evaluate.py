@@ -7,13 +7,14 @@ merge is exact.
 """
 from __future__ import annotations
 
+import math
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from .model import DiffusionModel
-from .vlb import chain_terms, concat_terms
+from .vlb import chain_terms, concat_terms, sampled_chain_terms
 
 CONVENTIONS = {
     "pixel_scaling": "x = pixel / 127.5 - 1",
@@ -22,11 +23,17 @@ CONVENTIONS = {
 
 
 def evaluate_nll(model: DiffusionModel, images: np.ndarray, steps: int, batch: int = 100, seed: int = 0,
-                 progress: bool = True, first_index: int = 0) -> dict:
-    """Exact -VLB (bits/dim) with the L_T / diffusion / L_0 breakdown and per-step terms.
+                 progress: bool = True, first_index: int = 0, step_samples: int = 0) -> dict:
+    """-VLB (bits/dim) with the L_T / diffusion / L_0 breakdown and per-step terms.
 
-    The noise for image i is drawn from a generator seeded with (seed, i), so
-    a sharded run draws exactly what the unsharded run draws."""
+    step_samples = 0: every transition of the chain (exact up to the one noise
+    draw per term); k > 0: a stratified sample of k transitions per image
+    (:func:`vlb.sampled_chain_terms`), an unbiased estimate.  Either way the
+    record carries the standard error over images.  The randomness of image i
+    comes from a generator seeded with (seed, i), so a sharded run draws
+    exactly what the unsharded run draws."""
+    if step_samples < 0:
+        raise ValueError("step_samples must be >= 0")
     times = model.schedule.chain(steps)
     # the noise of a batch is (K+1) x batch images in float64: keep it under ~256 MB
     per_image = (times.numel() + 1) * int(np.prod(images.shape[1:])) * 8
@@ -35,13 +42,15 @@ def evaluate_nll(model: DiffusionModel, images: np.ndarray, steps: int, batch: i
     with tqdm(total=len(images), desc=f"nll ({steps} steps)", disable=not progress, unit="img") as bar:
         for a in range(0, len(images), batch):
             chunk = images[a:a + batch]
-            per_image = []
-            for j in range(len(chunk)):
-                g = torch.Generator().manual_seed(int(seed) * 1_000_003 + first_index + a + j)
-                per_image.append(torch.randn((times.numel() + 1, *chunk.shape[1:]), generator=g,
-                                             dtype=torch.float64))
-            noise = torch.stack(per_image, 1)        # (K+1, B, C, H, W)
-            parts.append(chain_terms(model, torch.from_numpy(np.array(chunk)), times, noise=noise))
+            gens = [torch.Generator().manual_seed(int(seed) * 1_000_003 + first_index + a + j)
+                    for j in range(len(chunk))]
+            pix = torch.from_numpy(np.array(chunk))
+            if step_samples:
+                parts.append(sampled_chain_terms(model, pix, times, step_samples, gens))
+            else:
+                noise = torch.stack([torch.randn((times.numel() + 1, *chunk.shape[1:]), generator=g,
+                                                 dtype=torch.float64) for g in gens], 1)   # (K+1, B, C, H, W)
+                parts.append(chain_terms(model, pix, times, noise=noise))
             bar.update(len(chunk))
     terms = concat_terms(parts)
     d = terms.dims
@@ -49,10 +58,21 @@ def evaluate_nll(model: DiffusionModel, images: np.ndarray, steps: int, batch: i
            "times": terms.times.tolist(),
            "per_step_bpd": (terms.diffusion.mean(0) / d).tolist(),
            "per_image_bits": terms.total.tolist(),
+           "bpd_se": _se_bpd(terms.total, d),
+           "estimator": (f"stratified sample of {min(step_samples, steps)} of {steps} transitions per image"
+                         if step_samples else "every transition"),
+           "step_samples": int(step_samples),
            "first_index": int(first_index),
            "seed": int(seed)}
     rec["total_bits"] = float(terms.total.sum())
     return rec
+
+
+def _se_bpd(per_image_bits, dims: int) -> float:
+    """Standard error of the mean bits/dim over images (image spread plus any
+    sampling of steps)."""
+    n = per_image_bits.numel()
+    return float(per_image_bits.std() / dims / n ** 0.5) if n > 1 else float("nan")
 
 
 def merge_shards(records: list[dict]) -> dict:
@@ -62,7 +82,7 @@ def merge_shards(records: list[dict]) -> dict:
     records = sorted(records, key=lambda r: r["first_index"])
     base = records[0]
     for r in records[1:]:
-        for key in ("steps", "dims_per_image", "seed", "model_fingerprint"):
+        for key in ("steps", "dims_per_image", "seed", "model_fingerprint", "step_samples"):
             if r.get(key) != base.get(key):
                 raise ValueError(f"shards disagree on {key}: {base.get(key)!r} vs {r.get(key)!r}")
     n = sum(r["n_images"] for r in records)
@@ -75,10 +95,14 @@ def merge_shards(records: list[dict]) -> dict:
     out["total_bits"] = float(sum(r["total_bits"] for r in records))
     out["n_images"] = n
     out["shards"] = len(records)
+    if "bpd_se" in base:
+        out["bpd_se"] = _se_bpd(torch.tensor(out["per_image_bits"], dtype=torch.float64), base["dims_per_image"])
     return out
 
 
 def format_summary(rec: dict) -> str:
-    return (f"-VLB {rec['bpd']:.4f} bits/dim = L_T {rec['prior_bpd']:.4f} + diffusion {rec['diffusion_bpd']:.4f}"
+    se = f" +- {rec['bpd_se']:.4f}" if math.isfinite(rec.get("bpd_se", math.nan)) else ""
+    how = f", {rec['estimator']}" if rec.get("step_samples") else ""
+    return (f"-VLB {rec['bpd']:.4f}{se} bits/dim = L_T {rec['prior_bpd']:.4f} + diffusion {rec['diffusion_bpd']:.4f}"
             f" + L_0 {rec['decoder_bpd']:.4f}  [{rec['n_images']} images, D = {rec['dims_per_image']} per image"
-            f" (C*H*W), {rec['steps']} latent levels, {rec['pixel_scaling']}]")
+            f" (C*H*W), {rec['steps']} latent levels{how}, {rec['pixel_scaling']}]")

@@ -15,7 +15,7 @@ from ddpm_codec.model import DiffusionModel
 from ddpm_codec.sampling import sample as draw
 from ddpm_codec_cli.main import cli
 
-SUMMARY = re.compile(r"-VLB (\S+) bits/dim = L_T (\S+) \+ diffusion (\S+) \+ L_0 (\S+)\s+\[(\d+) images, D = (\d+)")
+SUMMARY = re.compile(r"-VLB (\S+)(?: \+- \S+)? bits/dim = L_T (\S+) \+ diffusion (\S+) \+ L_0 (\S+)\s+\[(\d+) images, D = (\d+)")
 
 
 def run(*args):
@@ -53,6 +53,28 @@ def test_nll_prints_the_json_terms_summed(tiny_path, fmnist_idx, fmnist_images, 
     # and it is what the library computes (batch size 2 again: same network batches)
     lib = evaluate_nll(model, fmnist_images[:5], steps, batch=2, progress=False)
     assert rec["bpd"] == lib["bpd"] and rec["per_image_bits"] == lib["per_image_bits"]
+
+
+def test_nll_step_samples_shards_merge_and_standard_error(tiny_path, fmnist_idx, fmnist_images, tmp_path):
+    """`nll --step-samples`: the estimate, its standard error over images and the
+    estimator are in the record; two shards merge into exactly the unsharded run."""
+    args = ("nll", "--model", tiny_path, "--data", fmnist_idx, "--n", 6, "--steps", 9, "--batch", 3,
+            "--step-samples", 2)
+    full = tmp_path / "full.json"
+    res = run(*args, "--json", full)
+    assert "+-" in res.stdout and "stratified sample of 2 of 9" in res.stdout
+    rec = json.loads(full.read_text())
+    bits = np.array(rec["per_image_bits"])
+    assert rec["bpd_se"] == pytest.approx(bits.std(ddof=1) / 784 / np.sqrt(6), rel=1e-9)
+    assert rec["step_samples"] == 2 and rec["bpd"] == pytest.approx(bits.mean() / 784, rel=1e-12)
+    parts = []
+    for i in (0, 1):
+        parts.append(tmp_path / f"s{i}.json")
+        run(*args, "--shard", f"{i}/2", "--json", parts[-1])
+    run("merge", *parts, "--json", tmp_path / "m.json")
+    merged = json.loads((tmp_path / "m.json").read_text())
+    assert merged["per_image_bits"] == rec["per_image_bits"]
+    assert merged["bpd_se"] == pytest.approx(rec["bpd_se"], rel=1e-9)
 
 
 def test_nll_bad_shard_is_a_usage_error(tiny_path, fmnist_idx):
