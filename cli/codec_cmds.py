@@ -176,6 +176,8 @@ def bench(split, data, n, steps, single, model_path, json_path, md_path, classic
                 singles.append(B.single_image_record(model, meta["fingerprint"], images[:single], st))
     cl = B.classical_records(images) if classical else []
     table = B.markdown(records, cl)
+    if singles:
+        table += "\n\nEach image alone (bits/dim, mean over images):\n\n" + B.single_markdown(singles)
     click.echo(table)
     out = {"model": model_path, "model_fingerprint": meta["fingerprint"], "split": split, "data": data,
            "n_images": len(images), "threads": torch.get_num_threads(), "records": records,

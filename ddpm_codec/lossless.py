@@ -78,6 +78,7 @@ class EncodeReport:
     topup_bits: int = 0            # PRNG words added mid-stream for an unfunded unit
     net_bits: int = 0              # stream bits minus the seed bits
     ideal_net_bits: float = 0.0
+    ideal_bits_by_image: dict = field(default_factory=dict)   # image index -> ideal net bits (chain units)
     groups: list = field(default_factory=list)   # [first position in coding order, size]
     coarse: list = field(default_factory=list)   # [group, grid fraction] off the main grid
     network_s: float = 0.0
@@ -302,6 +303,9 @@ class _Encoder:
             if g != self.grid:
                 coarse.append([len(sizes), g])
             rep.ideal_net_bits += st.ideal_net_bits
+            for j in range(size):
+                i = units[order[pos + j]][0]
+                rep.ideal_bits_by_image[i] = rep.ideal_bits_by_image.get(i, 0.0) + float(st.per_image_bits[j])
             msg = new
             sizes.append(size)
             pos += size
