@@ -16,7 +16,6 @@ follows its posterior scale) and retries with more after a shortfall.
 Latents use the same uniform grids (``chain.bin_widths``) as Bit-Swap.
 Per-step stats: step 0 is the push of x, step k the pop/push of z_k.
 """
-import numpy as np
 
 from . import gaussian, initial as initial_bits, pixels
 from .chain import Timed, bin_width, validate

@@ -32,7 +32,6 @@ A retry of ``initial="auto"`` repeats the encoder's calls up to the short pop
 (pass ``initial=<words>``, e.g. sized from ``stats.initial_bits_used`` of an
 earlier run, to rule retries out).
 """
-import numpy as np
 
 from . import gaussian, initial as initial_bits, pixels
 from .chain import Timed, bin_width, validate

@@ -16,7 +16,8 @@ import torch
 
 from . import container
 from .checkpoint import CheckpointError, load_model
-from .lossless import ImageRecord, _units, decode as lossless_decode, encode as lossless_encode
+from .lossless import decode as lossless_decode, encode as lossless_encode
+from .units import ImageRecord, to_units as _units
 
 DEFAULT_STEPS = 100
 MODES_BY_CHANNELS = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}

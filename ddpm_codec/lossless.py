@@ -26,7 +26,6 @@ pixel checksum (and the seed it gets back) after decoding.
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 
@@ -42,27 +41,17 @@ from . import container as C
 from . import lossless_seed as S
 from .coding_chain import DiffusionChain
 from .model import DiffusionModel
+from .units import (MAX_UNITS, ImageRecord, check_image_list, coding_order as _coding_order,  # noqa: F401
+                    pick_first as _pick_first, pixel_checksum, place_unit, times_hash as _times_hash,
+                    to_units as _units)
 
 CODEC = "bitswap"
-MAX_UNITS = 1 << 20
-MAX_DIMS = 1 << 30
-# the U-Net runs on a whole plane at once, and its self-attention is quadratic in
-# the positions of its lowest level: 2^16 pixels (256 x 256) keeps that under
-# ~100 MB; larger images are refused with a clear error, never half-coded
-MAX_UNIT_PIXELS = 1 << 16
 # Decoding work (chain steps x padded dims, plus a per-group charge) that a
 # header may ask for: this floor, or this much per payload bit (legit streams
 # carry >= ~1 bit/dim, so they stay orders of magnitude below it).
 MIN_WORK = 1 << 24
 WORK_PER_PAYLOAD_BIT = 1 << 14
 WORK_PER_GROUP = 1024
-
-
-@dataclass
-class ImageRecord:
-    pixels: np.ndarray            # (H, W, C) uint8
-    name: str = "image"
-    mode: str = "L"
 
 
 @dataclass
@@ -92,78 +81,6 @@ class EncodeReport:
     def net_bpd(self):
         """Chain bits per chain dim (stream bits minus the seed)."""
         return self.net_bits / max(self.chain_dims, 1)
-
-
-# ---- units ---------------------------------------------------------------
-def _units(images: list[ImageRecord], channels: int, multiple: int):
-    """List of (image index, plane slice, padded (C, H', W') uint8 array)."""
-    out = []
-    for i, im in enumerate(images):
-        p = im.pixels
-        h, w, c = p.shape
-        if h * w > MAX_UNIT_PIXELS:
-            raise C.CodecError(f"{im.name}: {w}x{h} is larger than this codec codes at once "
-                               f"({MAX_UNIT_PIXELS} pixels); split it into tiles")
-        ph, pw = -h % multiple, -w % multiple
-        if channels == 1:
-            planes = [p[:, :, j:j + 1] for j in range(c)]
-        elif channels == c:
-            planes = [p]
-        else:
-            raise C.CodecError(f"{im.name}: a {c}-channel image cannot be coded by a {channels}-channel model")
-        for j, pl in enumerate(planes):
-            pl = np.pad(pl, ((0, ph), (0, pw), (0, 0)), mode="edge")
-            out.append((i, j, np.ascontiguousarray(pl.transpose(2, 0, 1))))
-    return out
-
-
-def place_unit(image: ImageRecord, plane: int, unit: np.ndarray) -> None:
-    """Write a decoded (C, H', W') unit back into its image, cropping the
-    padding: plane `plane` of the image for a one-channel unit, else all."""
-    hh, ww, _ = image.pixels.shape
-    if unit.shape[0] == 1:
-        image.pixels[:, :, plane] = unit[0, :hh, :ww]
-    else:
-        image.pixels[...] = unit.transpose(1, 2, 0)[:hh, :ww]
-
-
-def pixel_checksum(images) -> str:
-    """First 64 bits (hex) of the SHA-256 of every image's shape and pixels:
-    plenty to catch a decode that went wrong, and 8 bytes in the header."""
-    return _pixel_sha256(images)[:16]
-
-
-def _pixel_sha256(images) -> str:
-    h = hashlib.sha256()
-    for im in images:
-        h.update(f"{im.pixels.shape}|".encode())
-        h.update(np.ascontiguousarray(im.pixels).tobytes())
-    return h.hexdigest()
-
-
-def _times_hash(times: torch.Tensor) -> str:
-    return hashlib.sha256(times.to(torch.float64).numpy().tobytes()).hexdigest()[:16]
-
-
-def _coding_order(units) -> list[int]:
-    """Units in coding order: by shape, the largest shapes first, so that a
-    unit never needs more stack than the earlier ones left."""
-    groups = _shape_groups(units)
-    groups.sort(key=lambda g: -units[g[0]][2].size)
-    return [n for g in groups for n in g]
-
-
-def _pick_first(order: list[int], j: int) -> list[int]:
-    """Move order[j] to the front (the unit chosen as the first seed)."""
-    return [order[j], *order[:j], *order[j + 1:]] if j else order
-
-
-def _shape_groups(units):
-    """Indices of units grouped by padded shape, in first-appearance order."""
-    by = {}
-    for n, (_, _, u) in enumerate(units):
-        by.setdefault(u.shape, []).append(n)
-    return list(by.values())
 
 
 def _topup_seed(seed: int, group: int) -> int:
@@ -348,25 +265,6 @@ class _Encoder:
 
 
 # ---- decode -------------------------------------------------------------
-def check_image_list(h: dict, payload_bytes: int) -> list:
-    """The header's image list [name, mode, H, W, C], bounded by the payload."""
-    imgs = C.field(h, "images", list)
-    if not 1 <= len(imgs) <= MAX_UNITS:
-        raise C.StreamError("corrupt stream: image count out of range")
-    dims = 0
-    for im in imgs:
-        ok = isinstance(im, list) and len(im) == 5 and isinstance(im[0], str) and isinstance(im[1], str)
-        ok = ok and all(isinstance(v, int) and not isinstance(v, bool) for v in im[2:])
-        if not ok or not (1 <= im[2] <= 1 << 16 and 1 <= im[3] <= 1 << 16 and 1 <= im[4] <= 4):
-            raise C.StreamError("corrupt stream: bad image record")
-        if im[2] * im[3] > MAX_UNIT_PIXELS:
-            raise C.StreamError("corrupt stream: an image is larger than any encoder writes")
-        dims += im[2] * im[3] * im[4]
-    if dims > MAX_DIMS or dims > 64 * 8 * max(payload_bytes, 64) * 64:
-        raise C.StreamError("corrupt stream: image sizes do not fit the payload")
-    return imgs
-
-
 def _check_header(h: dict, payload_bytes: int):
     F = C.field
     if F(h, "codec", str) != CODEC:

@@ -66,7 +66,8 @@ from . import container as C
 from . import diffusion as D
 from . import varint
 from .lossy_steps import _STOP, _Ctx, _decode_step, _encode_step
-from .lossless import ImageRecord, _units, check_image_list, pixel_checksum, place_unit, _times_hash
+from .units import (ImageRecord, check_image_list, pixel_checksum, place_unit, times_hash as _times_hash,
+                    to_units as _units)
 from .model import DiffusionModel
 
 CODEC = "rcc-progressive"

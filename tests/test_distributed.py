@@ -147,13 +147,13 @@ def test_sharded_nll_merges_to_the_unsharded_figure(tiny_path, fmnist_idx, tmp_p
         assert merged[key] == pytest.approx(full[key], rel=1e-6), key
     np.testing.assert_allclose(merged["per_image_bits"], full["per_image_bits"], rtol=1e-6)
     np.testing.assert_allclose(merged["per_step_bpd"], full["per_step_bpd"], rtol=1e-6, atol=1e-12)
-    assert f"-VLB {full['bpd']:.4f} bits/dim" in res.stdout
+    assert f"-VLB {full['bpd']:.4f} +- {merged['bpd_se']:.4f} bits/dim" in res.stdout
     # a shard is not the whole: the shards' figures differ from each other
     assert s0["bpd"] != s1["bpd"]
 
 
 def test_merge_refuses_mismatched_shards(tiny_path, fmnist_idx, tmp_path):
-    a = _nll(tiny_path, fmnist_idx, tmp_path / "a.json", "--shard", "0/2")
+    _nll(tiny_path, fmnist_idx, tmp_path / "a.json", "--shard", "0/2")
     res = CliRunner().invoke(cli, ["nll", "--model", str(tiny_path), "--data", str(fmnist_idx), "--n", "7",
                                    "--steps", "4", "--shard", "1/2", "--json", str(tmp_path / "b.json")],
                              prog_name="ddpm-codec")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ddpm_codec import container, lossless
-from ddpm_codec.checkpoint import fingerprint, save_model, load_model
+from ddpm_codec.checkpoint import fingerprint, save_model
 from ddpm_codec.closed_form import closed_form_model
 from ddpm_codec.configs import get_config
 from ddpm_codec.model import DiffusionModel

@@ -11,7 +11,6 @@ untrained 'tiny' network for the API / CLI path.
 """
 from __future__ import annotations
 
-import struct
 import zlib
 
 import numpy as np
