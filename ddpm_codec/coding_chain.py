@@ -22,10 +22,13 @@ from . import diffusion as D
 from .model import DiffusionModel
 
 F64 = torch.float64
+# bin width / noise scale: finer costs in-flight bits, coarser costs rate (measured
+# on the default model at T_eval 100: 0.25 and 0.5 within noise, 1.0 +0.9%)
+DEFAULT_GRID = 0.5
 
 
 class DiffusionChain:
-    def __init__(self, model: DiffusionModel, times: torch.Tensor, grid_fraction: float = 0.25,
+    def __init__(self, model: DiffusionModel, times: torch.Tensor, grid_fraction: float = DEFAULT_GRID,
                  device="cpu"):
         self.model = model
         self.times = times.to(F64)

@@ -39,7 +39,7 @@ from bitsback.message import Message
 
 from . import container as C
 from . import lossless_seed as S
-from .coding_chain import DiffusionChain
+from .coding_chain import DEFAULT_GRID, DiffusionChain
 from .model import DiffusionModel
 from .units import (MAX_UNITS, ImageRecord, check_image_list, coding_order as _coding_order,  # noqa: F401
                     pick_first as _pick_first, pixel_checksum, place_unit, times_hash as _times_hash,
@@ -100,7 +100,6 @@ def _stream_seed(checksum: str) -> int:
 # read (~2 bits/dim less per doubling) for a small rate cost on that one group
 # (default model, T_eval 100: +0.9% at 1.0, +2% at 1.5, ~0 at 0.5 and 0.25).
 COARSE_GRIDS = (1.0, 2.0)
-DEFAULT_GRID = 0.5
 
 
 def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, steps: int = 100,
