@@ -29,7 +29,11 @@ from .likelihood import pixels_to_model
 from .losses import training_loss
 from .model import DiffusionModel
 from .samplers import make_sampler
+from .vlb import sampled_chain_terms
 from . import distributed as dist
+
+
+EVAL_STRATA = 20          # transitions per test image in the discrete-time evaluation
 
 
 @dataclass
@@ -161,16 +165,32 @@ class Trainer:
     # ---- evaluation ---------------------------------------------------
     @torch.no_grad()
     def evaluate(self, n=None, batch=250):
-        """MC estimate of test -VLB (bits/dim) with the EMA weights, fixed seed."""
+        """Test -VLB (bits/dim) with the EMA weights and fixed randomness.
+
+        Continuous time: the VDM MC estimate (one t per image; its variance is
+        low).  Discrete time: one uniform t per image is far too noisy (the
+        terms near t = 1 are orders of magnitude above the rest: a 2000-step
+        DDPM run read 5.78 where the full chain gives 3.18), so the T-step chain
+        is evaluated with a stratified sample of EVAL_STRATA transitions per
+        image (:func:`vlb.sampled_chain_terms`, unbiased), L_T and L_0 exact."""
         if self.test_data is None:
             return None
         n = min(n or self.cfg.eval_n, len(self.test_data))
         model = self.ema.model
+        if not model.schedule.continuous:
+            times = model.schedule.chain(model.schedule.T)
+            dims = int(np.prod(self.test_data.shape[1:]))
+            bits = []
+            for a in range(0, n, batch):
+                px = torch.from_numpy(np.ascontiguousarray(self.test_data[a:a + min(batch, n - a)]))
+                gens = [torch.Generator().manual_seed(12345 + a + j) for j in range(len(px))]
+                bits.append(sampled_chain_terms(model, px.to(self.device), times, EVAL_STRATA, gens).total)
+            return float(torch.cat(bits).mean()) / dims
         g = torch.Generator().manual_seed(12345)
         sampler = make_sampler(model.schedule, "uniform", g)
         vals = []
         for a in range(0, n, batch):
-            x = pixels_to_model(torch.from_numpy(np.ascontiguousarray(self.test_data[a:a + batch])))
+            x = pixels_to_model(torch.from_numpy(np.ascontiguousarray(self.test_data[a:a + min(batch, n - a)])))
             b = x.shape[0]
             times, weights = sampler.sample(b)
             eps, eps0 = torch.randn(x.shape, generator=g), torch.randn(x.shape, generator=g)

@@ -99,10 +99,10 @@ def sampled_chain_terms(model: DiffusionModel, pixels: torch.Tensor, times: torc
     `diffusion` is (N, K) with the weighted KL at the drawn columns and zeros
     elsewhere, so every per-step mean stays unbiased too.
     `generators[i]` draws image i's picks and noise (shard-independent)."""
-    x = pixels_to_model(pixels, F64)
+    x = pixels_to_model(pixels, F64)              # on the pixels' device, like the model
     n, K = x.shape[0], times.numel() - 1
-    times = times.to(F64)
-    gam = model.gamma(times)
+    times = times.to(F64).cpu()
+    gam = model.gamma(times.to(x.device)).cpu()
     strata = [s for s in torch.arange(K).tensor_split(min(samples, K)) if s.numel()]
     picks = torch.zeros(n, len(strata), dtype=torch.long)
     noise = torch.zeros(len(strata) + 1, *x.shape, dtype=F64)
@@ -110,21 +110,22 @@ def sampled_chain_terms(model: DiffusionModel, pixels: torch.Tensor, times: torc
         for j, s in enumerate(strata):
             picks[i, j] = s[int(torch.randint(s.numel(), (1,), generator=g))]
         noise[:, i] = torch.randn((len(strata) + 1, *x.shape[1:]), generator=g, dtype=F64)
-    prior = _per_image(D.prior_kl(x, gam[-1])) / LOG2
+    noise = noise.to(x.device)
+    prior = _per_image(D.prior_kl(x.cpu(), gam[-1])) / LOG2
     diff = torch.zeros(n, K, dtype=F64)
     view = (n,) + (1,) * (x.dim() - 1)
     rows = torch.arange(n)
     for j, s in enumerate(strata):
         k = picks[:, j] + 1                       # transition t_k -> t_{k-1}
-        g_s, g_t = gam[k - 1].view(view), gam[k].view(view)
+        g_s, g_t = gam[k - 1].view(view).to(x.device), gam[k].view(view).to(x.device)
         z_t = D.q_sample(x, g_t, noise[j + 1])
         eps_hat = model.eps(z_t, times[k]).to(F64)
         m_q, v_q = D.posterior(z_t, x, g_s, g_t)
         m_p, v_p = D.reverse(z_t, eps_hat, g_s, g_t, model.variance)
-        diff[rows, k - 1] = s.numel() * _per_image(D.gaussian_kl(m_q, v_q, m_p, v_p)) / LOG2
-    z0 = D.q_sample(x, gam[0], noise[0])
+        diff[rows, k - 1] = s.numel() * _per_image(D.gaussian_kl(m_q, v_q, m_p, v_p)).cpu() / LOG2
+    z0 = D.q_sample(x, gam[0].to(x.device), noise[0])
     mean, log_scale = model.decoder_params(z0, times[0])
-    dec = -_per_image(discretized_gaussian_log_prob(x, mean, log_scale)) / LOG2
+    dec = -_per_image(discretized_gaussian_log_prob(x, mean, log_scale)).cpu() / LOG2
     return VLBTerms(times, prior, diff, dec, int(x[0].numel()))
 
 
