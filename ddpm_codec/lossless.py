@@ -236,16 +236,18 @@ class _Encoder:
                 n_common += 1
         payload = words[n_common:].astype("<u4").tobytes()
         header = {
-            "codec": CODEC, "steps": int(self.steps), "times_sha": _times_hash(self.times),
-            "grid_fraction": self.grid, "coarse": coarse, "encrypt": bool(self.encrypt),
-            "seed_mode": self.seed_mode, "seed_codecs": [c for c, _ in seed_codes], "seed_pick": pick,
-            "seed_words": int(seed_added if self.seed_mode == "random" else base_words.size),
-            "seed_words_omitted": int(n_common),
-            "groups": sizes, "topups": topups,
+            "codec": CODEC, "seed_mode": self.seed_mode, "seed_codecs": [c for c, _ in seed_codes],
+            "seed_pick": pick, "seed_words": int(seed_added if self.seed_mode == "random" else base_words.size),
+            "groups": sizes,
             "images": [[im.name, im.mode, *map(int, im.pixels.shape)] for im in self.images],
             "pixels_sha256": self.checksum,
-            "determinism": {"torch": torch.__version__, "threads": torch.get_num_threads()},
         }
+        if sizes:      # what the chain's decoder needs (a classical-only stream has no chain)
+            header.update({
+                "steps": int(self.steps), "times_sha": _times_hash(self.times), "grid_fraction": self.grid,
+                "coarse": coarse, "encrypt": bool(self.encrypt), "seed_words_omitted": int(n_common),
+                "topups": topups,
+                "determinism": {"torch": torch.__version__, "threads": torch.get_num_threads()}})
         data = C.pack(C.Container("lossless", self.fingerprint, header, payload, self.encrypt))
         rep.file_bytes = len(data)
         rep.seed_words_added = seed_added
@@ -265,29 +267,16 @@ class _Encoder:
 
 # ---- decode -------------------------------------------------------------
 def _check_header(h: dict, payload_bytes: int):
+    """Types and bounds of every field; a stream without chain groups (the
+    classical seed alone) carries no chain fields."""
     F = C.field
     if F(h, "codec", str) != CODEC:
         raise C.StreamError(f"unknown lossless codec {h.get('codec')!r}")
-    F(h, "steps", int, 1, 100000)
-    F(h, "grid_fraction", float, 1e-6, 1e3)
     F(h, "seed_words", int, 0, 16 * (payload_bytes // 4) + 4096)    # the consumed seed is in the payload
-    F(h, "seed_words_omitted", int, 0, h["seed_words"])
     imgs = check_image_list(h, payload_bytes)
     sizes = F(h, "groups", list)
     if len(sizes) > MAX_UNITS or not all(_is_uint(v) and v >= 1 for v in sizes):
         raise C.StreamError("corrupt stream: bad group list")
-    topups = F(h, "topups", list)
-    if len(topups) > len(sizes) or not all(
-            isinstance(t, list) and len(t) == 2 and _is_uint(t[0]) and t[0] < len(sizes) and _is_uint(t[1])
-            and 1 <= t[1] <= 1 << 24 for t in topups) or len({t[0] for t in topups}) != len(topups):
-        raise C.StreamError("corrupt stream: bad top-up list")
-    F(h, "seed_pick", int, 0, S.PICK_AMONG - 1)
-    coarse = F(h, "coarse", list)
-    if len(coarse) > len(sizes) or not all(
-            isinstance(c, list) and len(c) == 2 and _is_uint(c[0]) and c[0] < len(sizes)
-            and isinstance(c[1], float) and 1e-6 <= c[1] <= 1e3 for c in coarse) \
-            or len({c[0] for c in coarse}) != len(coarse) or len({c[1] for c in coarse}) > 8:
-        raise C.StreamError("corrupt stream: bad grid list")
     if F(h, "seed_mode", str) not in ("classical", "random"):
         raise C.StreamError("corrupt stream: unknown seed mode")
     codecs = F(h, "seed_codecs", list)
@@ -296,6 +285,25 @@ def _check_header(h: dict, payload_bytes: int):
     checksum = F(h, "pixels_sha256", str)
     if len(checksum) != 16:
         raise C.StreamError("corrupt stream: bad pixel checksum")
+    F(h, "seed_pick", int, 0, S.PICK_AMONG - 1)
+    if not sizes:
+        if h["seed_mode"] != "classical":
+            raise C.StreamError("corrupt stream: a PRNG-seeded stream without chain groups")
+        return
+    F(h, "steps", int, 1, 100000)
+    F(h, "grid_fraction", float, 1e-6, 1e3)
+    F(h, "seed_words_omitted", int, 0, h["seed_words"])
+    topups = F(h, "topups", list)
+    if len(topups) > len(sizes) or not all(
+            isinstance(t, list) and len(t) == 2 and _is_uint(t[0]) and t[0] < len(sizes) and _is_uint(t[1])
+            and 1 <= t[1] <= 1 << 24 for t in topups) or len({t[0] for t in topups}) != len(topups):
+        raise C.StreamError("corrupt stream: bad top-up list")
+    coarse = F(h, "coarse", list)
+    if len(coarse) > len(sizes) or not all(
+            isinstance(c, list) and len(c) == 2 and _is_uint(c[0]) and c[0] < len(sizes)
+            and isinstance(c[1], float) and 1e-6 <= c[1] <= 1e3 for c in coarse) \
+            or len({c[0] for c in coarse}) != len(coarse) or len({c[1] for c in coarse}) > 8:
+        raise C.StreamError("corrupt stream: bad grid list")
 
 
 def _is_uint(v) -> bool:
@@ -311,12 +319,15 @@ def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None) 
     _check_header(h, len(c.payload))
     if len(c.payload) % 4:
         raise C.StreamError("corrupt stream: payload is not whole words")
-    try:
-        times = model.schedule.chain(h["steps"])
-    except ValueError as e:
-        raise C.StreamError(f"corrupt stream: its chain does not fit this model ({e})")
-    if _times_hash(times) != h.get("times_sha"):
-        raise C.ModelMismatch("stream's chain times differ from this model's chain")
+    sizes = h["groups"]
+    times = None
+    if sizes:
+        try:
+            times = model.schedule.chain(h["steps"])
+        except ValueError as e:
+            raise C.StreamError(f"corrupt stream: its chain does not fit this model ({e})")
+        if _times_hash(times) != h.get("times_sha"):
+            raise C.ModelMismatch("stream's chain times differ from this model's chain")
     images = [ImageRecord(np.zeros((hh, ww, cc), np.uint8), name, mode) for name, mode, hh, ww, cc in h["images"]]
     try:
         units = _units(images, model.channels, model.unet.multiple)
@@ -327,7 +338,6 @@ def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None) 
     order = _pick_first(_coding_order(units), h["seed_pick"])
     codecs = h["seed_codecs"]
     m = len(codecs) if h["seed_mode"] == "classical" else 0
-    sizes = h["groups"]
     # the groups tile order[m:] exactly, in order, each of one shape
     starts, expect = [], m
     for size in sizes:
@@ -337,9 +347,9 @@ def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None) 
         expect += size
     if expect != len(order) or m > len(order):
         raise C.StreamError("corrupt stream: groups do not cover the images")
-    topup_of = {g: w for g, w in h["topups"]}
+    topup_of = {g: w for g, w in h.get("topups", [])}
     seed = _stream_seed(h["pixels_sha256"])
-    work = h["steps"] * (sum(u[2].size for u in units) + WORK_PER_GROUP * len(sizes))
+    work = h.get("steps", 0) * (sum(u[2].size for u in units) + WORK_PER_GROUP * len(sizes))
     if work > max(MIN_WORK, WORK_PER_PAYLOAD_BIT * 8 * len(c.payload)):
         raise C.StreamError("corrupt stream: the header asks for more decoding work than its payload justifies")
     payload_words = np.frombuffer(c.payload, dtype="<u4").astype(np.uint32)
@@ -348,8 +358,8 @@ def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None) 
     else:
         words = payload_words
     msg = Message.from_words(words)
-    grid_of = {n: g for n, g in h["coarse"]}
-    chains = {g: DiffusionChain(model, times, g) for g in {h["grid_fraction"], *grid_of.values()}}
+    grid_of = {n: g for n, g in h.get("coarse", [])}
+    chains = {g: DiffusionChain(model, times, g) for g in {h["grid_fraction"], *grid_of.values()}} if sizes else {}
     threads = torch.get_num_threads()
     det = h.get("determinism")
     want = det.get("threads") if isinstance(det, dict) else None

@@ -151,3 +151,26 @@ def test_single_image_takes_the_smaller_code(tiny, fmnist_images):
     rnd, _ = lossless.encode(img, model, fp, steps=3, seed_mode="random")
     assert len(data) <= len(rnd)
     assert np.array_equal(lossless.decode(data, model, fp)[0].pixels, img[0].pixels)
+
+
+def test_classical_only_stream_has_no_chain_fields(tiny, fmnist_images):
+    """When no chain group pays off (one image), the stream is the seed alone: its header
+    drops every chain field, it costs the classical code plus a small fixed framing, and
+    it decodes exactly; a chain field smuggled in is ignored, a PRNG mode is refused."""
+    model, fp, _ = tiny
+    img = [_rec(fmnist_images[1].transpose(1, 2, 0).copy(), name="a.png")]
+    data, rep = lossless.encode(img, model, fp, steps=3)
+    c = container.parse(data)
+    if c.header["groups"]:
+        pytest.skip("the chain won for this image")
+    assert not {"steps", "times_sha", "grid_fraction", "coarse", "determinism"} & set(c.header)
+    assert rep.seed_units == 1 and rep.chain_dims == 0
+    assert len(data) - rep.seed_bits // 8 <= 100                # framing + lean header (was 150)
+    assert np.array_equal(lossless.decode(data, model, fp)[0].pixels, img[0].pixels)
+    bad = C_repack(c, {**c.header, "seed_mode": "random"})
+    with pytest.raises(container.StreamError, match="without chain groups"):
+        lossless.decode(bad, model, fp)
+
+
+def C_repack(c, header):
+    return container.pack(container.Container(c.mode, c.fingerprint, header, c.payload, c.encrypted))
