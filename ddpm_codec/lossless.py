@@ -283,7 +283,7 @@ def _check_header(h: dict, payload_bytes: int):
     if len(codecs) > len(imgs) * 4 or any(c not in S.SEED_CODECS for c in codecs):
         raise C.StreamError("corrupt stream: bad seed codec list")
     checksum = F(h, "pixels_sha256", str)
-    if len(checksum) != 16:
+    if len(checksum) != 16 or any(ch not in "0123456789abcdef" for ch in checksum):   # also the seed
         raise C.StreamError("corrupt stream: bad pixel checksum")
     F(h, "seed_pick", int, 0, S.PICK_AMONG - 1)
     if not sizes:

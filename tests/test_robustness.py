@@ -220,6 +220,7 @@ def _set(**kw):
 HEADER_DAMAGE = {
     "pixel-checksum": (_set(pixels_sha256="0" * 16), None),      # also the keystream seed
     "pixel-checksum-long": (_set(pixels_sha256="0" * 64), "bad pixel checksum"),
+    "pixel-checksum-not-hex": (_set(pixels_sha256="0123456789abcdeg"), "bad pixel checksum"),
     "grid": (_set(grid_fraction=0.3), None),
     "grid-coarse-added": (lambda h: {**h, "coarse": [[len(h["groups"]) - 1, 2.0]]}, None),
     "grid-list-bad": (_set(coarse=[[0, "x"]]), "bad grid list"),
