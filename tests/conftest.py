@@ -30,15 +30,9 @@ def fmnist_idx(fmnist_images, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_path(tmp_path_factory):
     """A 'tiny' model with small random weights (seed 0), saved as PATH.{safetensors,json}."""
-    import torch
     from ddpm_codec.checkpoint import save_model
-    from ddpm_codec.configs import get_config
-    from ddpm_codec.model import DiffusionModel
-    torch.manual_seed(0)
-    m = DiffusionModel.from_config(get_config("tiny"))
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
+    from helpers import random_model
+    m = random_model("tiny", 0, scale=0.02)
     path = tmp_path_factory.mktemp("model") / "tiny"
     save_model(m, path, {"ema": True})
     return path

@@ -11,18 +11,12 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from ddpm_codec.checkpoint import CheckpointError, fingerprint, load_model, read_meta, resolve, save_model
-from ddpm_codec.configs import get_config
-from ddpm_codec.model import DiffusionModel
 from ddpm_codec_cli.main import cli
+from helpers import random_model
 
 
 def _model(name="tiny", seed=0):
-    torch.manual_seed(seed)
-    m = DiffusionModel.from_config(get_config(name))
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.01)
-    return m.eval()
+    return random_model(name, seed, scale=0.01)
 
 
 @pytest.fixture

@@ -9,11 +9,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from ddpm_codec.checkpoint import load_model, save_model
-from ddpm_codec.configs import get_config
 from ddpm_codec.evaluate import evaluate_nll
-from ddpm_codec.model import DiffusionModel
 from ddpm_codec.sampling import sample as draw
 from ddpm_codec_cli.main import cli
+from helpers import random_model
 
 SUMMARY = re.compile(r"-VLB (\S+)(?: \+- \S+)? bits/dim = L_T (\S+) \+ diffusion (\S+) \+ L_0 (\S+)\s+\[(\d+) images, D = (\d+)")
 
@@ -85,11 +84,7 @@ def test_nll_bad_shard_is_a_usage_error(tiny_path, fmnist_idx):
 
 @pytest.mark.parametrize("config,steps,snapshots", [("tiny", 6, 4), ("tiny-vdm", 5, 3)])
 def test_sample_writes_png_of_the_right_geometry(tmp_path, config, steps, snapshots):
-    torch.manual_seed(1)
-    m = DiffusionModel.from_config(get_config(config))
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
+    m = random_model(config, 1, scale=0.02)
     save_model(m, tmp_path / "m")
     out = tmp_path / "s.png"
     n = 3

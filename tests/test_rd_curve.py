@@ -9,11 +9,10 @@ from click.testing import CliRunner
 
 from ddpm_codec.checkpoint import save_model
 from ddpm_codec.closed_form import closed_form_model
-from ddpm_codec.configs import get_config
 from ddpm_codec.evaluate import evaluate_nll
-from ddpm_codec.model import DiffusionModel
 from ddpm_codec.rd_curve import evaluate_rd, format_table, rd_terms, table_points
 from ddpm_codec_cli.main import cli
+from helpers import random_model
 
 COMPRESSAI = ("bpp", "bpd", "psnr", "rmse", "encoding_time", "decoding_time")
 
@@ -28,12 +27,7 @@ def _rows(text):
 
 
 def _tiny(name, seed=0):
-    torch.manual_seed(seed)
-    m = DiffusionModel.from_config(get_config(name))
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    return m.eval()
+    return random_model(name, seed, scale=0.02)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from ddpm_codec.losses import training_loss
 from ddpm_codec.model import DiffusionModel
 from ddpm_codec.samplers import ImportanceSteps, LowDiscrepancyTimes, UniformSteps, make_sampler
 from ddpm_codec.train import Trainer, TrainConfig
+from helpers import random_model
 
 
 def _short_T_config(T=10, dropout=0.0):
@@ -242,11 +243,7 @@ def test_discrete_mc_vlb_is_unbiased_for_the_exact_chain(fmnist_images):
     """The training estimator L_T + T * E_i[L_{i-1}] (uniform i) averages to the
     exact full-chain VLB: compare on a T = 20 schedule, all 20 terms enumerated."""
     from ddpm_codec.vlb import chain_terms
-    torch.manual_seed(0)
-    model = DiffusionModel.from_config(_short_T_config(T=20))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    model = random_model(_short_T_config(T=20), 0, scale=0.05)
     px = torch.from_numpy(fmnist_images[:2])
     x = px.float() / 127.5 - 1
     g = torch.Generator().manual_seed(5)

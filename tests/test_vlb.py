@@ -9,11 +9,10 @@ from scipy import stats
 from scipy.special import logsumexp
 
 from ddpm_codec.closed_form import closed_form_model
-from ddpm_codec.configs import get_config
 from ddpm_codec.likelihood import (decoder_bits, discretized_gaussian_log_prob, model_to_pixels,
                                    pixels_to_model)
-from ddpm_codec.model import DiffusionModel
 from ddpm_codec.vlb import chain_terms, concat_terms
+from helpers import random_model
 
 F64 = torch.float64
 LOG2 = math.log(2.0)
@@ -97,12 +96,7 @@ def test_decoder_bits_is_minus_log2():
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    torch.manual_seed(0)
-    model = DiffusionModel.from_config(get_config("tiny")).eval()
-    with torch.no_grad():                      # a non-trivial eps network (conv_out starts at zero)
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model
+    return random_model("tiny", 0, scale=0.05)
 
 
 def test_chain_terms_against_independent_formulas(tiny_model, fmnist_images):
