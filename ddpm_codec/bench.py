@@ -132,11 +132,11 @@ def single_image_record(model, fingerprint, images: np.ndarray, steps: int) -> d
            "neg_vlb_bpd": [], "chosen": [], "classical_per_image": {}}
     for n, a in enumerate(images):
         rec = lossless.ImageRecord(a.transpose(1, 2, 0).copy(), "", "L" if a.shape[0] == 1 else "RGB")
-        data, rep = lossless.encode([rec], model, fingerprint, steps=steps)
-        rnd, _ = lossless.encode([rec], model, fingerprint, steps=steps, seed_mode="random")
+        data, rep = lossless.encode([rec], model, fingerprint, steps=steps)    # weighs both seed modes
+        classical_only = rep.chain_dims == 0
         out["per_image"].append(8 * len(data) / a.size)
-        out["random_chain_bpd"].append(8 * len(rnd) / a.size)
-        out["chosen"].append("classical seed only" if rep.chain_dims == 0 else "chain")
+        out["random_chain_bpd"].append(8 * (rep.rejected_bytes if classical_only else len(data)) / a.size)
+        out["chosen"].append("classical seed only" if classical_only else "chain")
         t = chain_terms(model, torch.from_numpy(a[None].copy()), times, torch.Generator().manual_seed(n))
         out["neg_vlb_bpd"].append(float(t.total.sum()) / a.size)
     for codec in classical.LOSSLESS_CODECS:

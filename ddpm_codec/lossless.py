@@ -72,6 +72,7 @@ class EncodeReport:
     coarse: list = field(default_factory=list)   # [group, grid fraction] off the main grid
     network_s: float = 0.0
     total_s: float = 0.0
+    rejected_bytes: int = 0        # one unit: size of the stream of the other seed mode, not kept
 
     @property
     def file_bpd(self):
@@ -117,7 +118,9 @@ def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, s
     if seed_mode == "classical" and len(_units(images, model.channels, model.unet.multiple)) == 1:
         a = _Encoder(*args, progress, "classical").run()
         b = _Encoder(*args, None, "random").run()
-        return a if len(a[0]) <= len(b[0]) else b
+        keep, other = (a, b) if len(a[0]) <= len(b[0]) else (b, a)
+        keep[1].rejected_bytes = len(other[0])
+        return keep
     return _Encoder(*args, progress, seed_mode).run()
 
 

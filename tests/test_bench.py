@@ -41,4 +41,7 @@ def test_bench_records_add_up(tiny_path, fmnist_idx, fmnist_images, tmp_path):
             data, _ = lossless.encode(recs[n:n + 1], model, meta["fingerprint"], steps=s["t_eval"])
             assert s["per_image"][n] == pytest.approx(8 * len(data) / 784, rel=1e-12)
             assert s["per_image"][n] <= s["random_chain_bpd"][n] + 1e-12      # the codec keeps the smaller
+            rnd, _ = lossless.encode(recs[n:n + 1], model, meta["fingerprint"], steps=s["t_eval"],
+                                     seed_mode="random")
+            assert s["random_chain_bpd"][n] == pytest.approx(8 * len(rnd) / 784, rel=1e-12)
     assert "Each image alone" in md.read_text()
