@@ -83,13 +83,6 @@ def _check_params(h) -> tuple:
     return {"bits_per_chunk": float(b), "margin_bits": float(m), "max_candidates_log2": lmax}, fb
 
 
-
-
-def _check_images(h: dict, payload_bytes: int):
-    """The lossless codec's image-list check: sizes bounded by the payload."""
-    check_image_list(h, payload_bytes)
-
-
 def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, steps: int = 100,
            bpd: float | None = None, stop_at: int | None = None, min_step_bits: float = MIN_STEP_BITS,
            lossless_tail: bool = False, params: dict | None = None, frame_bits: int = FRAME_BITS,
@@ -139,7 +132,7 @@ def _open(data: bytes, model: DiffusionModel, fingerprint: str, max_bytes=None):
     C.field(h, "seed", int, 0, (1 << 32) - 1)
     if "lossless_tail" in h:
         C.field(h, "lossless_tail", bool)
-    _check_images(h, len(c.payload))
+    check_image_list(h, len(c.payload))      # sizes bounded by the payload
     params, frame_bits = _check_params(h)
     times = model.schedule.chain(steps)
     if _times_hash(times) != h.get("times_sha"):
