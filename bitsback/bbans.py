@@ -19,7 +19,7 @@ Per-step stats: step 0 is the push of x, step k the pop/push of z_k.
 
 from . import gaussian, initial as initial_bits, pixels
 from .chain import Timed, bin_width, validate
-from .coding import (check_pixels, encode_with_restarts, model_units, needed_bits,
+from .coding import (check_pixels, encode_with_restarts, mismatch_guard, model_units, needed_bits,
                      pop_posterior, push_posterior)
 from .stats import Accountant, Stats
 
@@ -65,6 +65,12 @@ def _encode(x, chain, message, seed, encrypt, initial, iseed, extra):
 def decode(message, chain, shape, *, seed: int = 0, encrypt: bool = True,
            expect_initial=None, initial_seed=None):
     """Decode images of ``shape``; return (x uint8, message left). As bitswap.decode."""
+    shape = tuple(int(s) for s in shape)  # caller errors stay ValueErrors
+    with mismatch_guard():
+        return _decode(message, chain, shape, seed, encrypt, expect_initial, initial_seed)
+
+
+def _decode(message, chain, shape, seed, encrypt, expect_initial, initial_seed):
     shape = tuple(int(s) for s in shape)
     K, call, msg = validate(chain), Timed(chain), message.copy()
     ds = [bin_width(chain, k) for k in range(1, K + 1)]

@@ -35,7 +35,7 @@ earlier run, to rule retries out).
 
 from . import gaussian, initial as initial_bits, pixels
 from .chain import Timed, bin_width, validate
-from .coding import (check_pixels, encode_with_restarts, model_units, needed_bits,
+from .coding import (check_pixels, encode_with_restarts, mismatch_guard, model_units, needed_bits,
                      pop_posterior, push_posterior)
 from .stats import Accountant, Stats
 
@@ -94,6 +94,12 @@ def decode(message, chain, shape, *, seed: int = 0, encrypt: bool = True,
     keystream seed is usually caught earlier, when a latent cannot be pushed
     back under its posterior.
     """
+    shape = tuple(int(s) for s in shape)  # caller errors stay ValueErrors
+    with mismatch_guard():
+        return _decode(message, chain, shape, seed, encrypt, expect_initial, initial_seed)
+
+
+def _decode(message, chain, shape, seed, encrypt, expect_initial, initial_seed):
     shape = tuple(int(s) for s in shape)
     K, call, msg = validate(chain), Timed(chain), message.copy()
     d = bin_width(chain, K)

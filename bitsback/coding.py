@@ -1,9 +1,11 @@
 """Steps shared by the Bit-Swap and BB-ANS coders (posterior pop/push with
 encryption, pixel conversion); see :mod:`bitsback.bitswap`."""
+from contextlib import contextmanager
+
 import numpy as np
 
 from . import gaussian
-from .errors import DecodeMismatch, InsufficientInitialBits, OutOfWindow
+from .errors import BitsBackError, DecodeMismatch, InsufficientInitialBits, OutOfWindow
 
 MAX_RESTARTS = 4
 
@@ -71,3 +73,18 @@ def push_posterior(msg, k, idx, mean, scale, delta, seed, encrypt):
                              "conditionals differ from the encoder's") from e
     if encrypt:
         msg.encrypt(seed, k, idx.size)
+
+
+@contextmanager
+def mismatch_guard():
+    """Decoder: latents decoded with the wrong stream, keystream seed or
+    conditionals are garbage, and they can push the next conditionals out of
+    range (non-finite means, grid indices past 2**52) before any posterior
+    push fails; report that as the mismatch it is, not as a ValueError."""
+    try:
+        yield
+    except BitsBackError:
+        raise
+    except (ValueError, OverflowError, FloatingPointError) as e:
+        raise DecodeMismatch(f"decoded values out of range ({e}); the stream, keystream seed "
+                             "or conditionals differ from the encoder's") from e

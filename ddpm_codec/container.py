@@ -4,7 +4,7 @@ Layout:
 
     offset  size  field
     0       5     magic b"DDPMC"
-    5       1     format version (1)
+    5       1     format version (2; 1 had the keystream's old head rule)
     6       1     mode: 0 lossless, 1 lossy
     7       1     flags: bit 0 = payload encrypted (keystream XOR),
                   bit 1 = header deflated (used when that is smaller)
@@ -36,7 +36,8 @@ from . import compact, varint
 from .errors import CodecError
 
 MAGIC = b"DDPMC"
-VERSION = 1
+VERSION = 2
+OLDER_VERSIONS = (1,)  # recognised, refused with a clear message
 MODES = {"lossless": 0, "lossy": 1}
 MAX_HEADER = 1 << 16
 MAX_PAYLOAD = 1 << 40
@@ -120,6 +121,9 @@ def parse(data: bytes, allow_truncated: bool = False) -> Container:
         raise StreamError("truncated stream: header incomplete")
     version, mode, flags = data[5], data[6], data[7]
     if version != VERSION:
+        if version in OLDER_VERSIONS:
+            raise StreamError(f"stream format version {version} was written by an older ddpm-codec "
+                              f"(this one reads version {VERSION})")
         raise StreamError(f"stream format version {version} is not supported (this ddpm-codec reads {VERSION})"
                           if version > VERSION else f"unknown stream format version {version}")
     names = {v: k for k, v in MODES.items()}

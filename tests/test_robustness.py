@@ -123,7 +123,7 @@ def repack(ref, header=None, payload=None, replace=False, **kw):
                               c.payload if payload is None else payload, c.encrypted))
 
 
-def raw_stream(ref, head: bytes, version=1):
+def raw_stream(ref, head: bytes, version=C.VERSION):
     """A stream with the given raw header bytes behind valid CRCs."""
     c = ref["c"]
     return C.pack_raw(0, bytes.fromhex(c.fingerprint), head, c.payload, version=version, flags=1)
@@ -153,8 +153,9 @@ def _byte_cases(ref):
     hlen = len(compact.dumps(c.header))
     hstart = hend - 2 - hlen
     pay = hend + len(varint.encode(len(c.payload)))
-    v2 = bytearray(C.pack_raw(0, bytes.fromhex(c.fingerprint), compact.dumps(c.header), c.payload,
-                              version=2, flags=1))                   # a well-formed version-2 file
+    def other(version):                          # a well-formed file of another format version
+        return C.pack_raw(0, bytes.fromhex(c.fingerprint), compact.dumps(c.header), c.payload,
+                          version=version, flags=1)
     return {
         "empty": (b"", "empty file"),
         "png": ((ref["dir"] / "a.png").read_bytes(), "not a ddpm-codec stream"),
@@ -164,9 +165,10 @@ def _byte_cases(ref):
         "cut-in-header": (d[:hstart + hlen // 2], "truncated stream"),
         "cut-in-payload": (d[:pay + 100], "truncated stream: payload has"),
         "cut-last-byte": (d[:-1], "truncated stream"),
-        "future-version": (bytes(v2), "version 2 is not supported"),
+        "future-version": (other(C.VERSION + 1), f"version {C.VERSION + 1} is not supported"),
+        "old-version": (other(1), "version 1 was written by an older ddpm-codec"),
         "flip-magic": (flip(d, 0), "bad magic"),
-        "flip-version": (flip(d, 5, 2), "version 5 is not supported"),
+        "flip-version": (flip(d, 5, 2), f"version {C.VERSION ^ 4} is not supported"),
         "flip-mode": (flip(d, 6, 3), "unknown mode"),
         "flip-flags": (flip(d, 7, 4), "unknown mode or flags"),
         "flip-fingerprint": (flip(d, 12), "header checksum mismatch"),
@@ -225,9 +227,9 @@ HEADER_DAMAGE = {
     "grid-coarse-added": (lambda h: {**h, "coarse": [[len(h["groups"]) - 1, 2.0]]}, None),
     "grid-list-bad": (_set(coarse=[[0, "x"]]), "bad grid list"),
     "topups-bad": (_set(topups=[[99, 1]]), "bad top-up list"),
-    "encrypt": (lambda h: {**h, "encrypt": not h["encrypt"]}, None),
     "seed-words": (lambda h: {**h, "seed_words": h["seed_words"] + 1}, None),
-    "seed-mode": (lambda h: {**h, "seed_mode": "random" if h["seed_mode"] == "classical" else "classical"}, None),
+    "seed-mode": (lambda h: {**h, "seed_mode": "random" if h.get("seed_mode", "classical") == "classical"
+                             else "classical"}, None),
     "seed-mode-unknown": (_set(seed_mode="magic"), "unknown seed mode"),
     "seed-codecs-unknown": (lambda h: {**h, "seed_codecs": ["bmp"] * len(h["seed_codecs"])}, "seed codec list"),
     "groups-short": (lambda h: {**h, "groups": h["groups"][:-1]}, "groups do not cover the images"),
@@ -252,6 +254,13 @@ def test_header_damage_behind_valid_crc(tmp_path, models, ref, case):
     res = decompress_fails(tmp_path, models, repack(ref, header=h, replace=True), fragment or "")
     if fragment is None:
         assert_deep(res)
+
+
+def test_encryption_flag_flipped_behind_valid_crc(tmp_path, models, ref):
+    """The keystream is on iff flag bit 0 says so (the header no longer repeats it)."""
+    c = ref["c"]
+    blob = C.pack_raw(0, bytes.fromhex(c.fingerprint), compact.dumps(c.header), c.payload, flags=0)
+    assert_deep(decompress_fails(tmp_path, models, blob, ""))
 
 
 @pytest.mark.parametrize("text,fragment", [
