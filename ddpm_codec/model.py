@@ -26,12 +26,18 @@ class DiffusionModel(nn.Module):
     # ---- construction -------------------------------------------------
     @classmethod
     def from_config(cls, cfg: dict) -> "DiffusionModel":
-        return cls(build_schedule(cfg["schedule"]), UNet(UNetConfig.from_dict(cfg["unet"])),
-                   cfg.get("variance", "posterior"))
+        model = cls(build_schedule(cfg["schedule"]), UNet(UNetConfig.from_dict(cfg["unet"])),
+                    cfg.get("variance", "posterior"))
+        if cfg.get("time_warp") is not None:
+            model.schedule.set_time_warp(cfg["time_warp"])
+        return model
 
     def config(self) -> dict:
-        return {"schedule": self.schedule.config(), "unet": self.unet.cfg.to_dict(),
-                "variance": self.variance}
+        cfg = {"schedule": self.schedule.config(), "unet": self.unet.cfg.to_dict(),
+               "variance": self.variance}
+        if self.schedule.time_warp is not None:
+            cfg["time_warp"] = [float(v) for v in self.schedule.time_warp]
+        return cfg
 
     @property
     def channels(self) -> int:

@@ -59,6 +59,22 @@ class NoiseSchedule(nn.Module):
     def continuous(self) -> bool:
         return self.T is None
 
+    time_warp = None  # continuous schedules: optional knots of the chain's time warp (see chain)
+
+    def set_time_warp(self, knots) -> None:
+        """Make chain(steps) put latent i at t = w(i / steps), w piecewise linear
+        through ``knots`` at u = 0, 1/K, ..., 1 (``ddpm_codec.chain_times`` fits
+        them to the discrete VLB). ``None`` restores evenly spaced times."""
+        if knots is None:
+            self.time_warp = None
+            return
+        if self.T is not None:
+            raise ValueError("a time warp applies to continuous-time schedules only")
+        w = torch.as_tensor(knots, dtype=F64).reshape(-1)
+        if w.numel() < 2 or w[0] != 0.0 or w[-1] != 1.0 or not bool(torch.all(w[1:] > w[:-1])):
+            raise ValueError("time warp knots must rise strictly from 0 to 1")
+        self.time_warp = w
+
     def chain(self, steps: int) -> torch.Tensor:
         """Latent times (float64, increasing) of a coding/evaluation chain.
 
@@ -66,13 +82,16 @@ class NoiseSchedule(nn.Module):
         spaced integers from 1 to T (divided by T), so the first latent is
         always DDPM's x_1 and the decoder term is p(x | x_1); K = T gives
         DDPM's full chain.  Continuous: `steps` transitions, the latents at
-        t = 0, 1/steps, ..., 1 (VDM's T), decoder p(x | z_0).
+        t = 0, 1/steps, ..., 1 (VDM's T), decoder p(x | z_0), or at
+        w(0), w(1/steps), ..., w(1) when the model carries a time warp.
         """
         steps = int(steps)
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if self.T is None:
-            return torch.linspace(0.0, 1.0, steps + 1, dtype=F64)
+            if self.time_warp is None:
+                return torch.linspace(0.0, 1.0, steps + 1, dtype=F64)
+            return _warp(self.time_warp, steps)
         if steps > self.T:
             raise ValueError(f"steps={steps} exceeds the schedule's T={self.T}")
         if steps == 1:
@@ -83,6 +102,17 @@ class NoiseSchedule(nn.Module):
 
     def config(self) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def _warp(knots: torch.Tensor, steps: int) -> torch.Tensor:
+    """knots (K+1, rising 0..1) interpolated at u = i / steps, i = 0..steps."""
+    K = knots.numel() - 1
+    num = torch.arange(steps + 1, dtype=torch.int64) * K      # u * K = num / steps, exactly
+    j = torch.clamp(num // steps, max=K - 1)
+    frac = (num - j * steps).to(F64) / steps
+    t = knots[j] + frac * (knots[j + 1] - knots[j])
+    t[0], t[-1] = 0.0, 1.0
+    return t
 
 
 class DiscreteSchedule(NoiseSchedule):

@@ -1,0 +1,103 @@
+"""Where to put the T_eval latents of a continuous-time model's chain.
+
+Why: a continuous-time model's VLB does not depend on the schedule between
+its end points, but the T-step chain that `nll --steps` evaluates and the
+codec codes does (VDM appendix, eq. 9-10): with the posterior variance the
+step from s to t costs
+
+    L(s, t) = 0.5 * expm1(gamma(t) - gamma(s)) * E||eps - eps_hat(z_t, t)||^2
+
+so the T-step -VLB is a sum of pair costs over the chosen times, and the
+times that minimize it are a shortest path with T edges through a fine grid
+of candidate times (Watson et al. 2021 did this for DDPM's discrete steps).
+The network's error is tabulated once on training images, with the same
+images and noise at every candidate time so the table is smooth in t; the
+dynamic programme then costs O(T * G^2) for G candidates, no network calls.
+
+The result is a monotone warp w: chain(steps) puts latent i at w(i / steps),
+linear between the fitted times (`NoiseSchedule.set_time_warp`); it is part of
+the model's config, so it changes the fingerprint and both sides of a stream
+agree on it.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from . import diffusion as D
+from .likelihood import pixels_to_model
+from .model import DiffusionModel
+
+
+@torch.no_grad()
+def eps_error_table(model: DiffusionModel, pixels: torch.Tensor, grid: int = 1000, seed: int = 0,
+                    batch: int = 64, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """(t, m): t = 0, 1/grid, ..., 1 and m(t) = E||eps - eps_hat(z_t, t)||^2 (sum over
+    the dims of an image, mean over ``pixels``), common random numbers across t."""
+    if not model.schedule.continuous:
+        raise ValueError("chain times are fitted for continuous-time schedules only")
+    x = pixels_to_model(torch.as_tensor(pixels))
+    gen = torch.Generator().manual_seed(seed)
+    eps = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+    ts = np.linspace(0.0, 1.0, grid + 1)
+    m = np.zeros(grid + 1)
+    for j, t in enumerate(ts):
+        tt = torch.tensor(float(t), dtype=torch.float64)
+        g = model.gamma(tt).to(x.dtype)
+        total = 0.0
+        for a in range(0, x.shape[0], batch):
+            xb, eb = x[a:a + batch], eps[a:a + batch]
+            e = model.eps(D.q_sample(xb, g, eb), tt)
+            total += float(((eb - e.to(eb.dtype)) ** 2).flatten(1).sum(1).double().sum())
+        m[j] = total / x.shape[0]
+        if progress:
+            progress(1)
+    return ts, m
+
+
+def pair_costs(gamma: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """C[a, b] = L(t_a, t_b) in nats per image for a < b (inf elsewhere)."""
+    c = 0.5 * np.expm1(gamma[None, :] - gamma[:, None]) * m[None, :]
+    c[np.tril_indices(gamma.size)] = np.inf
+    return c
+
+
+def best_path(costs: np.ndarray, steps: int) -> tuple[float, list[int]]:
+    """Cheapest path 0 -> G with exactly ``steps`` edges: (cost, grid indices)."""
+    G = costs.shape[0] - 1
+    if not 1 <= steps <= G:
+        raise ValueError(f"steps must be in 1..{G} (the candidate grid)")
+    f = np.full(G + 1, np.inf)
+    f[0] = 0.0
+    back = np.zeros((steps + 1, G + 1), np.int64)
+    for k in range(1, steps + 1):
+        tot = f[:, None] + costs
+        back[k] = tot.argmin(0)
+        f = tot[back[k], np.arange(G + 1)]
+    path = [G]
+    for k in range(steps, 0, -1):
+        path.append(int(back[k][path[-1]]))
+    return float(f[G]), path[::-1]
+
+
+def path_cost(costs: np.ndarray, path) -> float:
+    return float(sum(costs[a, b] for a, b in zip(path[:-1], path[1:])))
+
+
+def fit_time_warp(model: DiffusionModel, pixels: torch.Tensor, steps: int = 100, grid: int = 1000,
+                  seed: int = 0, progress=None) -> dict:
+    """Fit the chain's times for ``steps`` transitions; returns the knots and the
+    diffusion term (bits/dim, on ``pixels``) of even and fitted times."""
+    ts, m = eps_error_table(model, pixels, grid, seed, progress=progress)
+    with torch.no_grad():
+        gamma = model.gamma(torch.from_numpy(ts)).detach().numpy().astype(np.float64)
+    costs = pair_costs(gamma, m)
+    best, path = best_path(costs, steps)
+    even = np.round(np.linspace(0, grid, steps + 1)).astype(int).tolist()
+    dims = int(np.prod(pixels.shape[1:]))
+    to_bpd = 1.0 / (dims * math.log(2.0))
+    return {"knots": [float(ts[i]) for i in path], "steps": int(steps), "grid": int(grid),
+            "n_images": int(pixels.shape[0]),
+            "even_bpd": path_cost(costs, even) * to_bpd, "fitted_bpd": best * to_bpd}

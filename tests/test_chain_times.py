@@ -1,0 +1,129 @@
+"""Fitted chain times: the warp, the shortest path, the fit, and the CLI."""
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ddpm_codec import chain_times as CT
+from ddpm_codec import diffusion as D
+from ddpm_codec.checkpoint import fingerprint, load_model
+from ddpm_codec.model import DiffusionModel
+from ddpm_codec.schedules import LinearGamma, build_schedule
+from helpers import random_model
+
+F64 = torch.float64
+
+
+def test_warp_places_latents_on_the_knots_and_between_them():
+    s = LinearGamma()
+    knots = [0.0, 0.1, 0.15, 0.6, 1.0]
+    s.set_time_warp(knots)
+    assert s.chain(4).tolist() == knots                              # steps == K: the knots
+    mid = s.chain(8).numpy()
+    assert np.allclose(mid[0::2], knots) and np.allclose(mid[1::2], [0.05, 0.125, 0.375, 0.8])
+    t = s.chain(7)
+    assert t[0] == 0.0 and t[-1] == 1.0 and bool(torch.all(t[1:] > t[:-1]))
+    s.set_time_warp(None)
+    assert torch.equal(s.chain(5), torch.linspace(0, 1, 6, dtype=F64))
+
+
+@pytest.mark.parametrize("bad", [[0.0, 0.5, 0.4, 1.0], [0.1, 1.0], [0.0, 0.9], [0.0]])
+def test_warp_knots_must_rise_from_0_to_1(bad):
+    with pytest.raises(ValueError, match="rise strictly"):
+        LinearGamma().set_time_warp(bad)
+
+
+def test_warp_refused_on_a_discrete_schedule():
+    s = build_schedule({"type": "linear", "T": 100, "beta_start": 1e-4, "beta_end": 0.02})
+    with pytest.raises(ValueError, match="continuous"):
+        s.set_time_warp([0.0, 1.0])
+
+
+def test_warp_is_part_of_the_config_and_the_fingerprint():
+    m = random_model("tiny-vdm", 0)
+    fp = fingerprint(m)
+    m.schedule.set_time_warp([0.0, 0.3, 1.0])
+    assert fingerprint(m) != fp
+    m2 = DiffusionModel.from_config(json.loads(json.dumps(m.config())))
+    assert torch.equal(m2.schedule.chain(6), m.schedule.chain(6))
+
+
+def test_best_path_matches_brute_force():
+    rng = np.random.default_rng(0)
+    G, steps = 9, 3
+    costs = rng.uniform(0.1, 2.0, (G + 1, G + 1))
+    costs[np.tril_indices(G + 1)] = np.inf
+    brute = min((CT.path_cost(costs, [0, *mid, G]), [0, *mid, G])
+                for mid in itertools.combinations(range(1, G), steps - 1))
+    best, path = CT.best_path(costs, steps)
+    assert path == brute[1] and math.isclose(best, brute[0])
+    assert math.isclose(CT.path_cost(costs, path), best)
+    with pytest.raises(ValueError):
+        CT.best_path(costs, G + 1)
+
+
+def test_pair_cost_is_the_posterior_kl_in_eps_form():
+    """0.5 expm1(g_t - g_s) |eps - eps_hat|^2 equals KL(q(z_s|z_t,x) || p(z_s|z_t))
+    computed from the two Gaussians (posterior variance)."""
+    torch.manual_seed(0)
+    g_s, g_t = torch.tensor(-2.0, dtype=F64), torch.tensor(0.5, dtype=F64)
+    x = torch.rand(3, 1, 4, 4, dtype=F64) * 2 - 1
+    eps = torch.randn_like(x)
+    eps_hat = eps + 0.3 * torch.randn_like(x)
+    z_t = D.q_sample(x, g_t, eps)
+    m_q, v_q = D.posterior(z_t, x, g_s, g_t)
+    m_p, v_p = D.reverse(z_t, eps_hat, g_s, g_t, "posterior")
+    kl = D.gaussian_kl(m_q, v_q, m_p, v_p).flatten(1).sum(1)
+    gam = np.array([float(g_s), float(g_t)])
+    for i in range(3):
+        m = np.array([0.0, float(((eps[i] - eps_hat[i]) ** 2).sum())])
+        assert math.isclose(CT.pair_costs(gam, m)[0, 1], float(kl[i]), rel_tol=1e-9)
+
+
+def test_fit_is_no_worse_than_even_times_and_reports_its_own_cost():
+    m = random_model("tiny-vdm", 1, scale=0.05)
+    px = torch.randint(0, 256, (4, 1, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    fit = CT.fit_time_warp(m, px, steps=5, grid=40)
+    assert len(fit["knots"]) == 6 and fit["knots"][0] == 0.0 and fit["knots"][-1] == 1.0
+    assert fit["fitted_bpd"] <= fit["even_bpd"]
+    # the table's cost of the chosen path, recomputed independently from eps errors
+    x = px.to(torch.float32) / 127.5 - 1
+    eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    total = 0.0
+    with torch.no_grad():
+        for s, t in zip(fit["knots"][:-1], fit["knots"][1:]):
+            g_s, g_t = m.gamma(torch.tensor(s, dtype=F64)), m.gamma(torch.tensor(t, dtype=F64))
+            e = m.eps(D.q_sample(x, g_t.float(), eps), torch.tensor(t))
+            total += 0.5 * float(torch.expm1(g_t - g_s)) * float(((eps - e) ** 2).sum()) / 4
+    assert math.isclose(total / (256 * math.log(2)), fit["fitted_bpd"], rel_tol=1e-4)
+
+
+def test_fit_chain_cli_writes_a_refitted_model(tmp_path, tiny_path, fmnist_idx):
+    from ddpm_codec.checkpoint import save_model
+    from ddpm_codec_cli.main import cli
+    src = tmp_path / "vdm"
+    save_model(random_model("tiny-vdm", 2, scale=0.05), src, {"ema": True, "recommended_steps": 4})
+    dest = tmp_path / "fitted"
+    args = ["--to", str(dest), "--steps", "4", "--data", str(fmnist_idx), "--n", "4", "--grid", "16"]
+    res = CliRunner().invoke(cli, ["fit-chain", "--model", str(src), *args])
+    assert res.exit_code == 0, res.output
+    fitted, meta = load_model(str(dest))
+    base, _ = load_model(str(src))
+    assert meta["recommended_steps"] == 4
+    assert meta["chain_fit"]["fitted_bpd"] <= meta["chain_fit"]["even_bpd"]
+    assert fitted.schedule.chain(4).tolist() == fitted.config()["time_warp"]
+    assert fingerprint(fitted) != fingerprint(base)
+    for a, b in zip(fitted.state_dict().values(), base.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_fit_chain_cli_refuses_a_discrete_schedule(tmp_path, tiny_path, fmnist_idx):
+    from ddpm_codec_cli.main import cli
+    res = CliRunner().invoke(cli, ["fit-chain", "--model", str(tiny_path), "--to", str(tmp_path / "x"),
+                                   "--data", str(fmnist_idx), "--n", "2", "--grid", "8", "--steps", "2"])
+    assert res.exit_code != 0 and "discrete schedule" in res.output
+    assert not (tmp_path / "x.json").exists()
