@@ -193,28 +193,32 @@ def export(run_dir, dest, recommended_steps):
 @click.option("--n", default=128, show_default=True, help="training images the network error is measured on")
 @click.option("--grid", default=1000, show_default=True, help="candidate times 0, 1/grid, ..., 1")
 @click.option("--seed", default=0, show_default=True)
-def fit_chain(model_path, dest, steps, data, n, grid, seed):
-    """Fit the chain's times to the T-step VLB (weights unchanged, new fingerprint)."""
+@click.option("--variance/--no-variance", default=True, show_default=True,
+              help="also the eps-error reverse variance (Analytic-DPM)")
+def fit_chain(model_path, dest, steps, data, n, grid, seed, variance):
+    """Fit the chain's times (and reverse variance) to the T-step VLB; weights unchanged."""
     import torch
     from tqdm import tqdm
-    from ddpm_codec.chain_times import fit_time_warp
+    from ddpm_codec.chain_times import fit_chain as fit_times
     from ddpm_codec.checkpoint import load_model, save_model
     from ddpm_codec.data import load_dataset
 
     model, meta = load_model(model_path)
     if not model.schedule.continuous:
         raise click.ClickException("fit-chain: this model has a discrete schedule; its chain is DDPM's own steps")
-    if model.schedule.time_warp is not None:
-        model.schedule.set_time_warp(None)        # fit the network's error, not the old warp's
+    model.schedule.set_time_warp(None)        # a refit starts from the plain model
+    model.set_eps_error(None)
     pixels = torch.from_numpy(load_dataset(data, "train", n=n))
     with tqdm(total=grid + 1, desc="network error over t", disable=not sys.stderr.isatty()) as bar:
-        fit = fit_time_warp(model, pixels, steps, grid, seed, progress=bar.update)
+        fit = fit_times(model, pixels, steps, grid, seed, variance, progress=bar.update)
     model.schedule.set_time_warp(fit["knots"])
+    model.set_eps_error(fit["eps_error"])
     extra = {k: meta[k] for k in ("ema", "step", "train", "note", "recommended_steps") if k in meta}
-    info = {k: v for k, v in fit.items() if k != "knots"}
+    info = {k: v for k, v in fit.items() if k not in ("knots", "eps_error")}
     fp = save_model(model, dest, {**extra, "chain_fit": {**info, "data": data, "seed": seed}})
     click.echo(f"diffusion term on {n} {data} train images at {steps} steps: even times "
-               f"{fit['even_bpd']:.4f} -> fitted {fit['fitted_bpd']:.4f} bits/dim; wrote {dest} "
+               f"{fit['even_bpd']:.4f}, fitted times {fit['times_only_bpd']:.4f}, eps-error variance "
+               f"{fit['variance_only_bpd']:.4f}, both {fit['fitted_bpd']:.4f} bits/dim; wrote {dest} "
                f"(fingerprint {fp[:16]})")
 
 

@@ -7,17 +7,20 @@ step from s to t costs
 
     L(s, t) = 0.5 * expm1(gamma(t) - gamma(s)) * E||eps - eps_hat(z_t, t)||^2
 
-so the T-step -VLB is a sum of pair costs over the chosen times, and the
-times that minimize it are a shortest path with T edges through a fine grid
-of candidate times (Watson et al. 2021 did this for DDPM's discrete steps).
+and with the KL-optimal isotropic variance for that error (Analytic-DPM,
+``DiffusionModel.set_eps_error``, from the same table) 0.5 D log(1 + r) with
+r = expm1(gamma(t) - gamma(s)) E||eps - eps_hat||^2 / D. Either way the T-step
+-VLB is a sum of pair costs over the chosen times, and the times that
+minimize it are a shortest path with T edges through a fine grid of
+candidate times (Watson et al. 2021 did this for DDPM's discrete steps).
 The network's error is tabulated once on training images, with the same
 images and noise at every candidate time so the table is smooth in t; the
 dynamic programme then costs O(T * G^2) for G candidates, no network calls.
 
 The result is a monotone warp w: chain(steps) puts latent i at w(i / steps),
-linear between the fitted times (`NoiseSchedule.set_time_warp`); it is part of
-the model's config, so it changes the fingerprint and both sides of a stream
-agree on it.
+linear between the fitted times (`NoiseSchedule.set_time_warp`), and the
+table itself for the reverse variance; both are part of the model's config,
+so they change the fingerprint and both sides of a stream agree on them.
 """
 from __future__ import annotations
 
@@ -57,9 +60,12 @@ def eps_error_table(model: DiffusionModel, pixels: torch.Tensor, grid: int = 100
     return ts, m
 
 
-def pair_costs(gamma: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """C[a, b] = L(t_a, t_b) in nats per image for a < b (inf elsewhere)."""
-    c = 0.5 * np.expm1(gamma[None, :] - gamma[:, None]) * m[None, :]
+def pair_costs(gamma: np.ndarray, m: np.ndarray, dims: int | None = None) -> np.ndarray:
+    """C[a, b] = L(t_a, t_b) in nats per image for a < b (inf elsewhere): with the
+    posterior variance, or (``dims`` given) with the eps-error variance."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        r = np.expm1(gamma[None, :] - gamma[:, None]) * m[None, :]
+        c = 0.5 * r if dims is None else 0.5 * dims * np.log1p(r / dims)
     c[np.tril_indices(gamma.size)] = np.inf
     return c
 
@@ -86,18 +92,24 @@ def path_cost(costs: np.ndarray, path) -> float:
     return float(sum(costs[a, b] for a, b in zip(path[:-1], path[1:])))
 
 
-def fit_time_warp(model: DiffusionModel, pixels: torch.Tensor, steps: int = 100, grid: int = 1000,
-                  seed: int = 0, progress=None) -> dict:
-    """Fit the chain's times for ``steps`` transitions; returns the knots and the
-    diffusion term (bits/dim, on ``pixels``) of even and fitted times."""
+def fit_chain(model: DiffusionModel, pixels: torch.Tensor, steps: int = 100, grid: int = 1000,
+              seed: int = 0, variance: bool = True, progress=None) -> dict:
+    """Fit the chain's times for ``steps`` transitions (and, with ``variance``, the
+    eps-error table of the reverse variance). Returns the knots, the per-dim eps
+    error, and the diffusion term (bits/dim, on ``pixels``) of even times with the
+    posterior variance ("even_bpd"), of the fitted chain ("fitted_bpd") and of
+    each change alone ("times_only_bpd", "variance_only_bpd")."""
     ts, m = eps_error_table(model, pixels, grid, seed, progress=progress)
     with torch.no_grad():
         gamma = model.gamma(torch.from_numpy(ts)).detach().numpy().astype(np.float64)
-    costs = pair_costs(gamma, m)
-    best, path = best_path(costs, steps)
-    even = np.round(np.linspace(0, grid, steps + 1)).astype(int).tolist()
     dims = int(np.prod(pixels.shape[1:]))
+    plain, corrected = pair_costs(gamma, m), pair_costs(gamma, m, dims)
+    even = np.round(np.linspace(0, grid, steps + 1)).astype(int).tolist()
+    best, path = best_path(corrected if variance else plain, steps)
     to_bpd = 1.0 / (dims * math.log(2.0))
-    return {"knots": [float(ts[i]) for i in path], "steps": int(steps), "grid": int(grid),
-            "n_images": int(pixels.shape[0]),
-            "even_bpd": path_cost(costs, even) * to_bpd, "fitted_bpd": best * to_bpd}
+    return {"knots": [float(ts[i]) for i in path],
+            "eps_error": [float(v) for v in m / dims] if variance else None,
+            "steps": int(steps), "grid": int(grid), "n_images": int(pixels.shape[0]),
+            "even_bpd": path_cost(plain, even) * to_bpd, "fitted_bpd": best * to_bpd,
+            "times_only_bpd": best_path(plain, steps)[0] * to_bpd,
+            "variance_only_bpd": path_cost(corrected, even) * to_bpd}

@@ -51,10 +51,7 @@ class DiffusionChain:
     def _p_var(self, k):
         if k == self.num_latents:
             return torch.tensor(1.0, dtype=F64)
-        g_s, g_t = self.gam[k - 1], self.gam[k]
-        if self.model.variance == "transition":
-            return D.transition(g_s, g_t)[1]
-        return torch.sigmoid(g_s) * (-torch.expm1(g_s - g_t))
+        return self.model.reverse_var(self.gam[k - 1], self.gam[k])
 
     def _p_std(self, k):
         return float(self._p_var(k).sqrt())
@@ -82,7 +79,7 @@ class DiffusionChain:
             return np.float64(0.0), np.float64(1.0)
         eps = self._net(z_next, self.times[k])
         z = torch.from_numpy(np.asarray(z_next, np.float64))
-        mean, var = D.reverse(z, eps, self.gam[k - 1], self.gam[k], self.model.variance)
+        mean, var = self.model.reverse(z, eps, self.gam[k - 1], self.gam[k])
         return mean.numpy(), var.sqrt().expand_as(mean).numpy()
 
     def likelihood(self, z1):

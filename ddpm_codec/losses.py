@@ -48,7 +48,7 @@ def discrete_vlb(model: DiffusionModel, x, i, weight, eps, simple=False):
     # 0.5 * expm1(g_t - g_s) |eps - eps_hat|^2 (checked in tests).
     g_s_safe = torch.where(first.view(-1, 1, 1, 1), g_t - 1.0, g_s)
     m_q, v_q = D.posterior(z_t, x, g_s_safe, g_t)
-    m_p, v_p = D.reverse(z_t, eps_hat, g_s_safe, g_t, model.variance)
+    m_p, v_p = model.reverse(z_t, eps_hat, g_s_safe, g_t)
     kl = _mean_dims(D.gaussian_kl(m_q, v_q, m_p, v_p))
     dec = _decoder_nll(x, z_t, eps_hat, g_t)
     term = torch.where(first, dec, kl)

@@ -51,7 +51,7 @@ class _Chain:
         return (a * x).numpy(), np.broadcast_to(s.numpy(), x.shape).copy()
 
     def p(self, z, eps, t, s):
-        mean, var = D.reverse(torch.from_numpy(z), eps, self.gam[s], self.gam[t], self.model.variance)
+        mean, var = self.model.reverse(torch.from_numpy(z), eps, self.gam[s], self.gam[t])
         return mean.numpy(), var.sqrt().expand_as(mean).numpy().copy()
 
     def q(self, z, x, t, s):

@@ -30,6 +30,8 @@ class DiffusionModel(nn.Module):
                     cfg.get("variance", "posterior"))
         if cfg.get("time_warp") is not None:
             model.schedule.set_time_warp(cfg["time_warp"])
+        if cfg.get("eps_error") is not None:
+            model.set_eps_error(cfg["eps_error"])
         return model
 
     def config(self) -> dict:
@@ -37,6 +39,8 @@ class DiffusionModel(nn.Module):
                "variance": self.variance}
         if self.schedule.time_warp is not None:
             cfg["time_warp"] = [float(v) for v in self.schedule.time_warp]
+        if self.eps_error is not None:
+            cfg["eps_error"] = [float(v) for v in self.eps_error]
         return cfg
 
     @property
@@ -60,13 +64,63 @@ class DiffusionModel(nn.Module):
             g = g.view(-1, *([1] * (like.dim() - 1)))
         return g
 
+    # ---- the reverse variance --------------------------------------------
+    eps_error = None   # per-dim E|eps - eps_hat(z_t, t)|^2 at t = 0, 1/G, ..., 1 (float64), or None
+
+    def set_eps_error(self, per_dim) -> None:
+        """Use the KL-optimal isotropic variance of p(z_s | z_t) given the network's
+        error (Analytic-DPM, Bao et al. 2022): sigma^2 = sigma_Q^2 (1 + expm1(gamma_t -
+        gamma_s) e(t)), e(t) = E|eps - eps_hat(z_t, t)|^2 / D tabulated at evenly spaced
+        t (``ddpm_codec.chain_times``). Why: with the posterior variance alone a step
+        costs 0.5 D r with r = expm1(gamma_t - gamma_s) e(t); with this one 0.5 D
+        log(1 + r), which matters on short chains. ``None`` switches it off."""
+        if per_dim is None:
+            self.eps_error, self._eps_gamma = None, None
+            return
+        if self.variance != "posterior":
+            raise ValueError("the eps-error variance correction builds on variance='posterior'")
+        e = torch.as_tensor(per_dim, dtype=F64).reshape(-1)
+        if e.numel() < 2 or not bool(torch.all(torch.isfinite(e) & (e >= 0))):
+            raise ValueError("eps error table: at least 2 finite values >= 0")
+        self.eps_error, self._eps_gamma = e, None
+
+    def _eps_error_at(self, gamma_t: torch.Tensor) -> torch.Tensor:
+        """e(t) by linear interpolation in gamma (monotone in t)."""
+        if self._eps_gamma is None:
+            with torch.no_grad():
+                grid = torch.linspace(0.0, 1.0, self.eps_error.numel(), dtype=F64)
+                self._eps_gamma = self.gamma(grid).detach()
+        gx, e = self._eps_gamma, self.eps_error
+        g = gamma_t.detach().to(F64).reshape(-1).clamp(gx[0], gx[-1])
+        j = torch.clamp(torch.searchsorted(gx, g, right=True) - 1, 0, gx.numel() - 2)
+        w = (g - gx[j]) / (gx[j + 1] - gx[j])
+        return (e[j] + w * (e[j + 1] - e[j])).reshape(gamma_t.shape)
+
+    def reverse_var(self, gamma_s, gamma_t) -> torch.Tensor:
+        """Variance of p(z_s | z_t) (float64, the shape of the gammas)."""
+        gamma_s, gamma_t = torch.as_tensor(gamma_s, dtype=F64), torch.as_tensor(gamma_t, dtype=F64)
+        if self.variance == "transition":
+            var = D.transition(gamma_s, gamma_t)[1]
+        else:
+            var = torch.sigmoid(gamma_s) * (-torch.expm1(gamma_s - gamma_t))
+        if self.eps_error is not None:
+            var = var * (1.0 + torch.expm1(gamma_t - gamma_s) * self._eps_error_at(gamma_t))
+        return var
+
+    def reverse(self, z_t, eps_hat, gamma_s, gamma_t):
+        """p(z_s | z_t) = (mean, var): DDPM's mean with this model's variance choice."""
+        mean, var = D.reverse(z_t, eps_hat, gamma_s, gamma_t, self.variance)
+        if self.eps_error is None:
+            return mean, var
+        return mean, self.reverse_var(gamma_s, gamma_t).to(var.dtype).expand_as(var)
+
     # ---- conditionals (float64, for coding and exact evaluation) -------
     @torch.no_grad()
     def reverse_conditional(self, z_t: torch.Tensor, t: float, s: float):
         """Mean and variance of p(z_s | z_t), float64."""
         z_t = z_t.to(F64)
         eps = self.eps(z_t, t).to(F64)
-        return D.reverse(z_t, eps, self.gamma(s), self.gamma(t), self.variance)
+        return self.reverse(z_t, eps, self.gamma(s), self.gamma(t))
 
     @torch.no_grad()
     def decoder_params(self, z0: torch.Tensor, t0: float):

@@ -118,7 +118,7 @@ def _batch(model: DiffusionModel, pixels: torch.Tensor, times: torch.Tensor, noi
         if k > 0:
             g_s, g_t = gam[k - 1], gam[k]
             m_q, v_q = D.posterior(z, x, g_s, g_t)
-            m_p, v_p = D.reverse(z, eps_hat, g_s, g_t, model.variance)
+            m_p, v_p = model.reverse(z, eps_hat, g_s, g_t)
             kl[:, k - 1] = _per_image(D.gaussian_kl(m_q, v_q, m_p, v_p)) / LOG2
             z = m_q + v_q.sqrt() * noise[k - 1] if latents == "topdown" else D.q_sample(x, g_s, noise[k - 1])
         t1 = time.perf_counter()

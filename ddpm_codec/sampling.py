@@ -29,7 +29,7 @@ def sample(model: DiffusionModel, n: int, steps: int, size: tuple[int, int] | No
         eps_hat = model.eps(z, times[k]).double()
         if k in keep:
             frames.append(model_to_pixels(D.predict_x0(z, eps_hat, gam[k]).clamp(-1, 1)))
-        mean, var = D.reverse(z, eps_hat, gam[k - 1], gam[k], model.variance)
+        mean, var = model.reverse(z, eps_hat, gam[k - 1], gam[k])
         z = mean + var.sqrt() * torch.randn(z.shape, generator=g, dtype=torch.float64)
     mean, _ = model.decoder_params(z, times[0])
     final = model_to_pixels(mean.clamp(-1, 1))

@@ -75,7 +75,7 @@ def chain_terms(model: DiffusionModel, pixels: torch.Tensor, times: torch.Tensor
         z_t = D.q_sample(x, g_t, eps)
         eps_hat = model.eps(z_t, times[k]).to(F64)
         m_q, v_q = D.posterior(z_t, x, g_s, g_t)
-        m_p, v_p = D.reverse(z_t, eps_hat, g_s, g_t, model.variance)
+        m_p, v_p = model.reverse(z_t, eps_hat, g_s, g_t)
         diff[:, k - 1] = _per_image(D.gaussian_kl(m_q, v_q, m_p, v_p)) / LOG2
     eps = noise[0] if noise is not None else torch.randn(x.shape, generator=generator, dtype=F64)
     z0 = D.q_sample(x, gam[0], eps)
@@ -121,7 +121,7 @@ def sampled_chain_terms(model: DiffusionModel, pixels: torch.Tensor, times: torc
         z_t = D.q_sample(x, g_t, noise[j + 1])
         eps_hat = model.eps(z_t, times[k]).to(F64)
         m_q, v_q = D.posterior(z_t, x, g_s, g_t)
-        m_p, v_p = D.reverse(z_t, eps_hat, g_s, g_t, model.variance)
+        m_p, v_p = model.reverse(z_t, eps_hat, g_s, g_t)
         diff[rows, k - 1] = s.numel() * _per_image(D.gaussian_kl(m_q, v_q, m_p, v_p)).cpu() / LOG2
     z0 = D.q_sample(x, gam[0].to(x.device), noise[0])
     mean, log_scale = model.decoder_params(z0, times[0])
