@@ -2,7 +2,8 @@
 # The recipe of the shipped default model (ddpm_codec/weights/default.*).
 # Two stages of one run (the second resumes the first's checkpoint with a
 # fresh cosine LR tail), then the EMA weights are exported into the package
-# and the chain's times are fitted to the T_eval = 100 VLB (ddpm_codec/chain_times.py).
+# and the chain's times and reverse variance are fitted to the T_eval = 100 VLB
+# (ddpm_codec/chain_times.py).
 # About 3 hours on one CPU core (1.3 train steps/s idle); any stage can be
 # interrupted and re-run: it resumes from OUT/last bit for bit.
 # Usage: bash benchmarks/train_default.sh [OUT] [ddpm-codec binary]
@@ -15,6 +16,6 @@ $DC train $COMMON --steps 5000 --lr 4e-4 --lr-decay-to 0.1
 # stage 2: steps 5000-11000 on a cosine from 2e-4 (evaluated at step 5000 of 11000) to 1e-5
 $DC train $COMMON --steps 11000 --lr 2e-4 --lr-decay-to 0.05
 $DC export "$OUT" --to ddpm_codec/weights/default --recommended-steps 100
-# the chain's times for T_eval 100, fitted to the 100-step VLB on 128 train images
-# (weights unchanged; ~8 minutes)
+# the chain's times for T_eval 100 and the eps-error reverse variance, fitted to the
+# 100-step VLB on 128 train images (weights unchanged; ~8 minutes)
 $DC fit-chain --model ddpm_codec/weights/default --to ddpm_codec/weights/default --steps 100 --n 128

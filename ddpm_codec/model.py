@@ -86,15 +86,17 @@ class DiffusionModel(nn.Module):
 
     def _eps_error_at(self, gamma_t: torch.Tensor) -> torch.Tensor:
         """e(t) by linear interpolation in gamma (monotone in t)."""
-        if self._eps_gamma is None:
+        if self._eps_gamma is None:          # on the CPU, wherever the schedule lives
+            tensors = [*self.schedule.parameters(), *self.schedule.buffers()]
+            dev = tensors[0].device if tensors else torch.device("cpu")
             with torch.no_grad():
-                grid = torch.linspace(0.0, 1.0, self.eps_error.numel(), dtype=F64)
-                self._eps_gamma = self.gamma(grid).detach()
+                grid = torch.linspace(0.0, 1.0, self.eps_error.numel(), dtype=F64, device=dev)
+                self._eps_gamma = self.gamma(grid).detach().cpu()
         gx, e = self._eps_gamma, self.eps_error
-        g = gamma_t.detach().to(F64).reshape(-1).clamp(gx[0], gx[-1])
+        g = gamma_t.detach().to("cpu", F64).reshape(-1).clamp(gx[0], gx[-1])
         j = torch.clamp(torch.searchsorted(gx, g, right=True) - 1, 0, gx.numel() - 2)
         w = (g - gx[j]) / (gx[j + 1] - gx[j])
-        return (e[j] + w * (e[j + 1] - e[j])).reshape(gamma_t.shape)
+        return (e[j] + w * (e[j + 1] - e[j])).reshape(gamma_t.shape).to(gamma_t.device)
 
     def reverse_var(self, gamma_s, gamma_t) -> torch.Tensor:
         """Variance of p(z_s | z_t) (float64, the shape of the gammas)."""
