@@ -66,6 +66,7 @@ class DiffusionModel(nn.Module):
 
     # ---- the reverse variance --------------------------------------------
     eps_error = None   # per-dim E|eps - eps_hat(z_t, t)|^2 at t = 0, 1/G, ..., 1 (float64), or None
+    _eps_gamma = None  # gamma at those t, computed on first use
 
     def set_eps_error(self, per_dim) -> None:
         """Use the KL-optimal isotropic variance of p(z_s | z_t) given the network's
