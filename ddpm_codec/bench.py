@@ -25,15 +25,17 @@ import numpy as np
 import torch
 
 from . import lossless
+from .coding_chain import DEFAULT_GRID
 from .vlb import chain_terms
 
 
-def lossless_record(model, fingerprint, images: np.ndarray, steps: int, seed: int = 0) -> dict:
+def lossless_record(model, fingerprint, images: np.ndarray, steps: int, seed: int = 0, grid=None) -> dict:
     recs = [lossless.ImageRecord(a.transpose(1, 2, 0).copy(), "", "L" if a.shape[0] == 1 else "RGB")
             for a in images]
     dims = int(images.size)
+    grid = DEFAULT_GRID if grid is None else float(grid)
     t0 = time.perf_counter()
-    data, rep = lossless.encode(recs, model, fingerprint, steps=steps)
+    data, rep = lossless.encode(recs, model, fingerprint, steps=steps, grid_fraction=grid)
     t_enc = time.perf_counter() - t0
     t0 = time.perf_counter()
     out = lossless.decode(data, model, fingerprint)
@@ -55,7 +57,7 @@ def lossless_record(model, fingerprint, images: np.ndarray, steps: int, seed: in
     d = np.array([rep.ideal_bits_by_image[i] - float(terms.total[i]) for i in sorted(rep.ideal_bits_by_image)])
     gap_se_pct = 100 * float(np.sqrt((d ** 2).sum())) / max(vlb_chain * chain_dims, 1e-9)
     return {
-        "t_eval": int(steps), "n_images": len(images), "dims": dims,
+        "t_eval": int(steps), "grid_fraction": grid, "n_images": len(images), "dims": dims,
         "neg_vlb_bpd": vlb,
         "neg_vlb_terms_bpd": {k: v for k, v in terms.summary().items() if k.endswith("_bpd")},
         "neg_vlb_chain_bpd": vlb_chain,

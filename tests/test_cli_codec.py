@@ -255,3 +255,20 @@ def test_small_images_then_a_large_one_round_trip(tmp_path, model):
     ok(run("decompress", tmp_path / "s.ddpmc", "-o", tmp_path / "out", "--model", model))
     for f in files:
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / f.name)), np.asarray(Image.open(f)))
+
+
+def test_grid_option_round_trips_and_is_recorded(tmp_path, model):
+    from ddpm_codec import container
+    rng = np.random.default_rng(4)
+    for k in range(3):
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(tmp_path / f"i{k}.png")
+    ins = [tmp_path / f"i{k}.png" for k in range(3)]
+    out = tmp_path / "g.ddpmc"
+    ok(run("compress", *ins, "-o", out, "--model", model, "--steps", 2, "--grid", 0.25))
+    assert container.parse(out.read_bytes()).header["grid_fraction"] == 0.25
+    ok(run("decompress", out, "-o", tmp_path / "dec", "--model", model))
+    for p in ins:
+        assert np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(tmp_path / "dec" / p.name)))
+    fails(run("compress", *ins, "-o", tmp_path / "bad.ddpmc", "--model", model, "--steps", 2, "--grid", 7),
+          "grid fraction")
+    assert not (tmp_path / "bad.ddpmc").exists()
