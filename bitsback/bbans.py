@@ -71,7 +71,6 @@ def decode(message, chain, shape, *, seed: int = 0, encrypt: bool = True,
 
 
 def _decode(message, chain, shape, seed, encrypt, expect_initial, initial_seed):
-    shape = tuple(int(s) for s in shape)
     K, call, msg = validate(chain), Timed(chain), message.copy()
     ds = [bin_width(chain, k) for k in range(1, K + 1)]
     idx = [None] * (K + 1)

@@ -100,7 +100,6 @@ def decode(message, chain, shape, *, seed: int = 0, encrypt: bool = True,
 
 
 def _decode(message, chain, shape, seed, encrypt, expect_initial, initial_seed):
-    shape = tuple(int(s) for s in shape)
     K, call, msg = validate(chain), Timed(chain), message.copy()
     d = bin_width(chain, K)
     mean, scale = call("prior", K, None)

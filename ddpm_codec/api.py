@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from . import container
-from .errors import CodecError
 from .checkpoint import CheckpointError, load_model
 from .lossless import decode as lossless_decode, encode as lossless_encode
 from .units import ImageRecord, to_units as _units
@@ -36,13 +35,6 @@ def _record(im, k) -> ImageRecord:
         return ImageRecord(np.ascontiguousarray(a), f"image{k}.png", MODES_BY_CHANNELS[a.shape[2]])
     pixels = im.pixels if im.pixels.ndim == 3 else im.pixels[:, :, None]
     return ImageRecord(np.ascontiguousarray(pixels), getattr(im, "name", f"image{k}.png"), im.mode)
-
-
-def _check_grid(grid) -> float:
-    g = float(grid)
-    if not 0.05 <= g <= 2.0:
-        raise CodecError(f"grid fraction {grid} is outside 0.05..2 (bin width / noise scale)")
-    return g
 
 
 def stream_mode(data: bytes) -> str:
@@ -86,7 +78,7 @@ class Codec:
     def compress(self, images, steps=None, encrypt=True, progress=None, grid=None):
         """``grid``: latent bin width / noise scale (default ``coding_chain.DEFAULT_GRID``)."""
         recs = [_record(im, k) for k, im in enumerate(images)]
-        kw = {} if grid is None else {"grid_fraction": _check_grid(grid)}
+        kw = {} if grid is None else {"grid_fraction": grid}
         with torch.no_grad():
             return lossless_encode(recs, self.model, self.fingerprint, steps=self._steps(steps),
                                    encrypt=encrypt, progress=progress, **kw)

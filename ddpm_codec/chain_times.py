@@ -105,11 +105,12 @@ def fit_chain(model: DiffusionModel, pixels: torch.Tensor, steps: int = 100, gri
     dims = int(np.prod(pixels.shape[1:]))
     plain, corrected = pair_costs(gamma, m), pair_costs(gamma, m, dims)
     even = np.round(np.linspace(0, grid, steps + 1)).astype(int).tolist()
-    best, path = best_path(corrected if variance else plain, steps)
+    times_only = best_path(plain, steps)
+    best, path = best_path(corrected, steps) if variance else times_only
     to_bpd = 1.0 / (dims * math.log(2.0))
     return {"knots": [float(ts[i]) for i in path],
             "eps_error": [float(v) for v in m / dims] if variance else None,
             "steps": int(steps), "grid": int(grid), "n_images": int(pixels.shape[0]),
             "even_bpd": path_cost(plain, even) * to_bpd, "fitted_bpd": best * to_bpd,
-            "times_only_bpd": best_path(plain, steps)[0] * to_bpd,
+            "times_only_bpd": times_only[0] * to_bpd,
             "variance_only_bpd": path_cost(corrected, even) * to_bpd}

@@ -105,6 +105,7 @@ def _stream_seed(checksum: str) -> int:
 # read (~2 bits/dim less per doubling) for a small rate cost on that one group
 # (default model, T_eval 100: +0.9% at 1.0, +2% at 1.5, ~0 at 0.5 and 0.25).
 COARSE_GRIDS = (1.0, 2.0)
+MIN_GRID, MAX_GRID = 0.05, 2.0   # main grid fractions the encoder accepts
 
 
 def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, steps: int = 100,
@@ -118,6 +119,9 @@ def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, s
     seed_mode "random": PRNG seed words (the literature's initial bits)."""
     if seed_mode not in ("classical", "random"):
         raise ValueError("seed_mode must be 'classical' or 'random'")
+    if not MIN_GRID <= float(grid_fraction) <= MAX_GRID:
+        raise C.CodecError(f"grid fraction {grid_fraction} is outside {MIN_GRID}..{MAX_GRID:g} "
+                           "(bin width / noise scale)")
     args = (images, model, fingerprint, steps, float(grid_fraction), encrypt, max_group)
     if seed_mode == "classical" and len(_units(images, model.channels, model.unet.multiple)) == 1:
         a = _Encoder(*args, progress, "classical").run()
@@ -354,7 +358,7 @@ def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None) 
         expect += size
     if expect != len(order) or m > len(order):
         raise C.StreamError("corrupt stream: groups do not cover the images")
-    topup_of = {g: w for g, w in h.get("topups", [])}
+    topup_of = {g: w for g, w in h["topups"]}
     seed = _stream_seed(h["pixels_sha256"])
     work = h.get("steps", 0) * (sum(u[2].size for u in units) + WORK_PER_GROUP * len(sizes))
     if work > max(MIN_WORK, WORK_PER_PAYLOAD_BIT * 8 * len(c.payload)):
@@ -365,7 +369,7 @@ def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None) 
     else:
         words = payload_words
     msg = Message.from_words(words)
-    grid_of = {n: g for n, g in h.get("coarse", [])}
+    grid_of = {n: g for n, g in h["coarse"]}
     chains = {g: DiffusionChain(model, times, g) for g in {h["grid_fraction"], *grid_of.values()}} if sizes else {}
     threads = torch.get_num_threads()
     det = h.get("determinism")
