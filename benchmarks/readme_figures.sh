@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces every figure the README reports for the shipped model, into
 # benchmarks/results/ (JSON, markdown tables, PNG plots): two lanes of one
-# thread each, about 45 minutes on a 2-core CPU.
+# thread each, about 60 minutes on a 2-core CPU.
 # Usage: bash benchmarks/readme_figures.sh [ddpm-codec binary]
 set -euo pipefail
 DC=${1:-ddpm-codec}
@@ -18,6 +18,8 @@ lane_a() {
     $PY benchmarks/bench_lossless.py --n 100 --steps 25,50,100 --single 10
     $DC rd-curve --split test --n 100 --steps 100 --json $R/rd_default.json --plot $R/rd_default.png > $R/rd_default.txt
     $DC sample --n 8 --steps 100 -o $R/samples_default.png --force
+    # the first 1000 test images in one stream (the net-gap figures need N this large)
+    $PY benchmarks/bench_lossless.py --name lossless_n1000 --n 1000 --steps 25,50,100
 }
 
 lane_b() {
@@ -25,6 +27,9 @@ lane_b() {
     $PY benchmarks/bench_lossless.py --name lossless_long --n 100 --steps 250,1000
     $DC nll --split test --n 1000 --steps 100 --step-samples 10 \
         --json $R/nll_default_steps100_n1000_sampled10.json > $R/nll_n1000_sampled.txt
+    # the whole test split on the 1000-step chain (same fitted warp and variance)
+    $DC nll --split test --steps 1000 --step-samples 10 --shard 0/2 --json $R/nll1000_s0.json > /dev/null
+    $DC nll --split test --steps 1000 --step-samples 10 --shard 1/2 --json $R/nll1000_s1.json > /dev/null
 }
 
 lane_a & A=$!
@@ -32,5 +37,6 @@ lane_b & B=$!
 wait $A
 wait $B
 $DC merge $R/nll_s0.json $R/nll_s1.json --json $R/nll_default_steps100_all_sampled10.json > $R/nll_all.txt
-rm -f $R/nll_s0.json $R/nll_s1.json
-cat $R/nll_all.txt $R/nll_n1000.txt $R/nll_n1000_sampled.txt
+$DC merge $R/nll1000_s0.json $R/nll1000_s1.json --json $R/nll_default_steps1000_all_sampled10.json > $R/nll1000_all.txt
+rm -f $R/nll_s0.json $R/nll_s1.json $R/nll1000_s0.json $R/nll1000_s1.json
+cat $R/nll_all.txt $R/nll_n1000.txt $R/nll_n1000_sampled.txt $R/nll1000_all.txt

@@ -195,7 +195,9 @@ def export(run_dir, dest, recommended_steps):
 @click.option("--seed", default=0, show_default=True)
 @click.option("--variance/--no-variance", default=True, show_default=True,
               help="also the eps-error reverse variance (Analytic-DPM)")
-def fit_chain(model_path, dest, steps, data, n, grid, seed, variance):
+@click.option("--bins", default=16, show_default=True, type=click.IntRange(1, 256),
+              help="eps-error table per this many bins of the predicted x0 (1: one variance per step)")
+def fit_chain(model_path, dest, steps, data, n, grid, seed, variance, bins):
     """Fit the chain's times (and reverse variance) to the T-step VLB; weights unchanged."""
     import torch
     from tqdm import tqdm
@@ -210,7 +212,7 @@ def fit_chain(model_path, dest, steps, data, n, grid, seed, variance):
     model.set_eps_error(None)
     pixels = torch.from_numpy(load_dataset(data, "train", n=n))
     with tqdm(total=grid + 1, desc="network error over t", disable=not sys.stderr.isatty()) as bar:
-        fit = fit_times(model, pixels, steps, grid, seed, variance, progress=bar.update)
+        fit = fit_times(model, pixels, steps, grid, seed, variance, progress=bar.update, bins=bins)
     model.schedule.set_time_warp(fit["knots"])
     model.set_eps_error(fit["eps_error"])
     extra = {k: meta[k] for k in ("ema", "step", "train", "note", "recommended_steps") if k in meta}

@@ -17,6 +17,12 @@ The network's error is tabulated once on training images, with the same
 images and noise at every candidate time so the table is smooth in t; the
 dynamic programme then costs O(T * G^2) for G candidates, no network calls.
 
+The variance can also depend on what the network predicts: with the error
+tabulated per bin of x0_hat (``bins``), each dim gets sigma_Q^2 (1 + r e_b)
+for its bin b, and a step costs 0.5 sum_b n_b log(1 + r e_b), below the
+isotropic 0.5 D log(1 + r mean e) (background pixels are predicted almost
+exactly, edges are not).
+
 The result is a monotone warp w: chain(steps) puts latent i at w(i / steps),
 linear between the fitted times (`NoiseSchedule.set_time_warp`), and the
 table itself for the reverse variance; both are part of the model's config,
@@ -31,41 +37,70 @@ import torch
 
 from . import diffusion as D
 from .likelihood import pixels_to_model
-from .model import DiffusionModel
+from .model import DiffusionModel, x0_bins
 
 
 @torch.no_grad()
 def eps_error_table(model: DiffusionModel, pixels: torch.Tensor, grid: int = 1000, seed: int = 0,
-                    batch: int = 64, progress=None) -> tuple[np.ndarray, np.ndarray]:
-    """(t, m): t = 0, 1/grid, ..., 1 and m(t) = E||eps - eps_hat(z_t, t)||^2 (sum over
-    the dims of an image, mean over ``pixels``), common random numbers across t."""
+                    batch: int = 64, progress=None, bins: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(t, m, n): t = 0, 1/grid, ..., 1; m[j, b] = E sum |eps - eps_hat(z_t, t)|^2 over
+    the dims whose predicted x0 falls in bin b (``model.x0_bins``) and
+    n[j, b] = E number of those dims (means over ``pixels``; one bin: every dim),
+    with common random numbers across t."""
     if not model.schedule.continuous:
         raise ValueError("chain times are fitted for continuous-time schedules only")
     x = pixels_to_model(torch.as_tensor(pixels))
     gen = torch.Generator().manual_seed(seed)
     eps = torch.randn(x.shape, generator=gen, dtype=x.dtype)
     ts = np.linspace(0.0, 1.0, grid + 1)
-    m = np.zeros(grid + 1)
+    m, n = np.zeros((grid + 1, bins)), np.zeros((grid + 1, bins))
     for j, t in enumerate(ts):
         tt = torch.tensor(float(t), dtype=torch.float64)
         g = model.gamma(tt).to(x.dtype)
-        total = 0.0
         for a in range(0, x.shape[0], batch):
             xb, eb = x[a:a + batch], eps[a:a + batch]
-            e = model.eps(D.q_sample(xb, g, eb), tt)
-            total += float(((eb - e.to(eb.dtype)) ** 2).flatten(1).sum(1).double().sum())
-        m[j] = total / x.shape[0]
+            z = D.q_sample(xb, g, eb)
+            e = model.eps(z, tt).to(eb.dtype)
+            sq = ((eb - e) ** 2).double().flatten()
+            if bins == 1:
+                m[j, 0] += float(sq.sum())
+                n[j, 0] += sq.numel()
+                continue
+            k = x0_bins(D.predict_x0(z.double(), e.double(), g.double()), bins).flatten()
+            m[j] += torch.bincount(k, sq, bins).numpy()
+            n[j] += torch.bincount(k, minlength=bins).double().numpy()
         if progress:
             progress(1)
-    return ts, m
+    return ts, m / x.shape[0], n / x.shape[0]
 
 
-def pair_costs(gamma: np.ndarray, m: np.ndarray, dims: int | None = None) -> np.ndarray:
-    """C[a, b] = L(t_a, t_b) in nats per image for a < b (inf elsewhere): with the
-    posterior variance, or (``dims`` given) with the eps-error variance."""
+def per_dim_table(m: np.ndarray, n: np.ndarray, prior_dims: float = 64.0) -> np.ndarray:
+    """Per-dim error of each bin, shrunk towards the row's overall mean by
+    ``prior_dims`` pseudo-dims so a rarely visited bin gets a sane value."""
+    overall = m.sum(1, keepdims=True) / n.sum(1, keepdims=True)
+    if m.shape[1] == 1:
+        return overall
+    return (m + prior_dims * overall) / (n + prior_dims)
+
+
+def pair_costs(gamma: np.ndarray, m: np.ndarray, n: np.ndarray | None = None,
+               e: np.ndarray | None = None) -> np.ndarray:
+    """C[a, b] = L(t_a, t_b) in nats per image for a < b (inf elsewhere). m, n: the
+    table of :func:`eps_error_table` (1-D m: one bin). Without ``e``: the posterior
+    variance; with ``e`` (per-dim error per bin, :func:`per_dim_table`) the reverse
+    variance sigma_Q^2 (1 + r e) of ``DiffusionModel.set_eps_error``, whose exact
+    expected KL is 0.5 sum_b [n_b log(1 + r e_b) + (n_b + r m_b) / (1 + r e_b) - n_b]."""
+    m = m.reshape(m.shape[0], -1)
     with np.errstate(invalid="ignore", over="ignore"):
-        r = np.expm1(gamma[None, :] - gamma[:, None]) * m[None, :]
-        c = 0.5 * r if dims is None else 0.5 * dims * np.log1p(r / dims)
+        r = np.expm1(gamma[None, :] - gamma[:, None])
+        if e is None:
+            c = 0.5 * r * m.sum(1)[None, :]
+        else:
+            n = n.reshape(m.shape)
+            c = np.zeros_like(r)
+            for b in range(m.shape[1]):
+                v = 1.0 + r * e[None, :, b]
+                c += 0.5 * (n[None, :, b] * np.log(v) + (n[None, :, b] + r * m[None, :, b]) / v - n[None, :, b])
     c[np.tril_indices(gamma.size)] = np.inf
     return c
 
@@ -93,23 +128,25 @@ def path_cost(costs: np.ndarray, path) -> float:
 
 
 def fit_chain(model: DiffusionModel, pixels: torch.Tensor, steps: int = 100, grid: int = 1000,
-              seed: int = 0, variance: bool = True, progress=None) -> dict:
+              seed: int = 0, variance: bool = True, progress=None, bins: int = 16) -> dict:
     """Fit the chain's times for ``steps`` transitions (and, with ``variance``, the
-    eps-error table of the reverse variance). Returns the knots, the per-dim eps
-    error, and the diffusion term (bits/dim, on ``pixels``) of even times with the
-    posterior variance ("even_bpd"), of the fitted chain ("fitted_bpd") and of
-    each change alone ("times_only_bpd", "variance_only_bpd")."""
-    ts, m = eps_error_table(model, pixels, grid, seed, progress=progress)
+    eps-error table of the reverse variance, per ``bins`` bins of the predicted x0).
+    Returns the knots, the per-dim eps error, and the diffusion term (bits/dim, on
+    ``pixels``) of even times with the posterior variance ("even_bpd"), of the
+    fitted chain ("fitted_bpd") and of each change alone ("times_only_bpd",
+    "variance_only_bpd")."""
+    ts, m, n = eps_error_table(model, pixels, grid, seed, progress=progress, bins=bins if variance else 1)
     with torch.no_grad():
         gamma = model.gamma(torch.from_numpy(ts)).detach().numpy().astype(np.float64)
     dims = int(np.prod(pixels.shape[1:]))
-    plain, corrected = pair_costs(gamma, m), pair_costs(gamma, m, dims)
+    e = per_dim_table(m, n)
+    plain, corrected = pair_costs(gamma, m), pair_costs(gamma, m, n, e)
     even = np.round(np.linspace(0, grid, steps + 1)).astype(int).tolist()
     times_only = best_path(plain, steps)
     best, path = best_path(corrected, steps) if variance else times_only
     to_bpd = 1.0 / (dims * math.log(2.0))
-    return {"knots": [float(ts[i]) for i in path],
-            "eps_error": [float(v) for v in m / dims] if variance else None,
+    table = (e[:, 0] if bins == 1 else e).tolist() if variance else None
+    return {"knots": [float(ts[i]) for i in path], "eps_error": table, "bins": int(bins) if variance else 0,
             "steps": int(steps), "grid": int(grid), "n_images": int(pixels.shape[0]),
             "even_bpd": path_cost(plain, even) * to_bpd, "fitted_bpd": best * to_bpd,
             "times_only_bpd": times_only[0] * to_bpd,

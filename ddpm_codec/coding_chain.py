@@ -22,9 +22,10 @@ from . import diffusion as D
 from .model import DiffusionModel
 
 F64 = torch.float64
-# bin width / noise scale: finer costs in-flight bits, coarser costs rate (measured
-# on the default model at T_eval 100: 0.25 and 0.5 within noise, 1.0 +0.9%)
-DEFAULT_GRID = 0.5
+# bin width / noise scale: finer costs in-flight bits, coarser costs rate. On the
+# default model at T_eval 100, 1000 test images in one stream: net bits over the
+# -VLB +0.114% +- 0.044% at 0.5, +0.007% +- 0.043% at 0.25 (1.0: +0.55%).
+DEFAULT_GRID = 0.25
 
 
 class DiffusionChain:

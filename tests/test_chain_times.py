@@ -141,7 +141,7 @@ def test_eps_error_variance_is_the_kl_optimal_one_on_the_fitted_batch():
     computed from the two Gaussians (model.reverse) averages to the fit's log-form pair
     cost, and no other scale of the variance does better."""
     m, px = _tiny_batch()
-    fit = CT.fit_chain(m, px, steps=4, grid=20)
+    fit = CT.fit_chain(m, px, steps=4, grid=20, bins=1)
     assert fit["fitted_bpd"] <= min(fit["times_only_bpd"], fit["variance_only_bpd"]) <= fit["even_bpd"]
     m.schedule.set_time_warp(fit["knots"])
     m.set_eps_error(fit["eps_error"])
@@ -183,3 +183,69 @@ def test_eps_error_variance_formula_and_config_round_trip():
         m.set_eps_error([1.0, float("nan")])
     m.set_eps_error(None)
     assert float(m.reverse_var(g_s, g_t)) == float(base)
+
+
+def test_binned_eps_error_variance_is_kl_optimal_and_beats_one_bin():
+    """Per bin of the predicted x0: on the fitted batch the Gaussian KLs from
+    model.reverse average to the fit's own cost, rescaling every variance is worse,
+    and the binned table is no worse than one variance per step."""
+    m, px = _tiny_batch()
+    one = CT.fit_chain(m, px, steps=4, grid=20, bins=1)
+    fit = CT.fit_chain(m, px, steps=4, grid=20, bins=4)
+    assert np.asarray(fit["eps_error"]).shape == (21, 4) and np.asarray(one["eps_error"]).shape == (21,)
+    assert fit["fitted_bpd"] <= one["fitted_bpd"] + 1e-12
+    m.schedule.set_time_warp(fit["knots"])
+    m.set_eps_error(fit["eps_error"])
+    x = px.to(torch.float64) / 127.5 - 1
+    eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float32).to(F64)
+
+    @torch.no_grad()
+    def step_kls(scale):
+        total = 0.0
+        for s, t in zip(fit["knots"][:-1], fit["knots"][1:]):
+            g_s, g_t = m.gamma(torch.tensor(s, dtype=F64)), m.gamma(torch.tensor(t, dtype=F64))
+            z_t = D.q_sample(x, g_t, eps)
+            e = m.eps(z_t.float(), torch.tensor(t)).to(F64)
+            m_q, v_q = D.posterior(z_t, x, g_s, g_t)
+            m_p, v_p = m.reverse(z_t, e, g_s, g_t)
+            total += float(D.gaussian_kl(m_q, v_q, m_p, v_p * scale).sum()) / x.shape[0]
+        return total / (256 * math.log(2))
+
+    assert math.isclose(step_kls(1.0), fit["fitted_bpd"], rel_tol=2e-3)
+    assert step_kls(1.0) < min(step_kls(0.9), step_kls(1.1))
+
+
+def test_binned_eps_error_variance_per_dim_formula_and_round_trip():
+    m = random_model("tiny-vdm", 0)
+    table = np.array([[0.4, 0.1], [0.3, 0.2], [0.2, 0.05]])          # t = 0, 0.5, 1; bins x0 < 0, x0 >= 0
+    m.set_eps_error(table.tolist())
+    g_s, g_t = torch.tensor(-3.0, dtype=F64), torch.tensor(-1.0, dtype=F64)
+    z = torch.randn(2, 1, 4, 4, dtype=F64)
+    eps_hat = torch.randn_like(z)
+    mean, var = m.reverse(z, eps_hat, g_s, g_t)
+    g0, g1 = (float(m.gamma(torch.tensor(v, dtype=F64)).detach()) for v in (0.0, 1.0))
+    t_of = (float(g_t) - g0) / (g1 - g0)
+    e_bin = [float(np.interp(t_of, [0, 0.5, 1], table[:, b])) for b in range(2)]
+    a2, s2 = torch.sigmoid(-g_t), torch.sigmoid(g_t)
+    x0 = (z - s2.sqrt() * eps_hat) / a2.sqrt()
+    post = float(torch.sigmoid(g_s) * -torch.expm1(g_s - g_t))
+    want = torch.where(x0 < 0, torch.tensor(e_bin[0], dtype=F64), torch.tensor(e_bin[1], dtype=F64)) * math.expm1(2.0) * post + post
+    assert torch.allclose(var, want, rtol=1e-12, atol=0)
+    assert math.isclose(float(m.reverse_var(g_s, g_t)), post * (1 + math.expm1(2.0) * min(e_bin)), rel_tol=1e-12)
+    m2 = DiffusionModel.from_config(json.loads(json.dumps(m.config())))
+    assert torch.equal(m2.reverse(z, eps_hat, g_s, g_t)[1], var) and m2.config() == m.config()
+    with pytest.raises(ValueError):
+        m.set_eps_error([[0.1, -1.0], [0.1, 0.1]])
+
+
+def test_lossless_round_trip_with_a_binned_variance_model():
+    from ddpm_codec import lossless
+    from ddpm_codec.units import ImageRecord
+    m = random_model("tiny-vdm", 1, scale=0.05)
+    rng = np.random.default_rng(0)
+    m.set_eps_error(rng.uniform(0.0, 2.0, (11, 8)).tolist())
+    imgs = [ImageRecord(rng.integers(0, 256, (16, 16, 1), dtype=np.uint8), f"i{k}.png", "L") for k in range(3)]
+    fp = fingerprint(m)
+    data, rep = lossless.encode(imgs, m, fp, steps=3)
+    out = lossless.decode(data, m, fp)
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(imgs, out))
