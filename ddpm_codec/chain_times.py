@@ -145,7 +145,8 @@ def fit_chain(model: DiffusionModel, pixels: torch.Tensor, steps: int = 100, gri
     times_only = best_path(plain, steps)
     best, path = best_path(corrected, steps) if variance else times_only
     to_bpd = 1.0 / (dims * math.log(2.0))
-    table = (e[:, 0] if bins == 1 else e).tolist() if variance else None
+    # 6 significant digits: the model JSON stays small, the fit is unchanged
+    table = np.vectorize(lambda v: float(f"{v:.6g}"))(e[:, 0] if bins == 1 else e).tolist() if variance else None
     return {"knots": [float(ts[i]) for i in path], "eps_error": table, "bins": int(bins) if variance else 0,
             "steps": int(steps), "grid": int(grid), "n_images": int(pixels.shape[0]),
             "even_bpd": path_cost(plain, even) * to_bpd, "fitted_bpd": best * to_bpd,
