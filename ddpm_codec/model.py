@@ -20,6 +20,16 @@ def x0_bins(x0: torch.Tensor, bins: int) -> torch.Tensor:
     return ((x0.clamp(-1.0, 1.0) + 1.0) * (bins / 2.0)).floor().long().clamp(0, bins - 1)
 
 
+def _posterior_var(gamma_s, gamma_t):
+    """sigma_Q^2 of q(z_s | z_t, x), from the gammas alone (float64)."""
+    return torch.sigmoid(gamma_s) * (-torch.expm1(gamma_s - gamma_t))
+
+
+def _error_scale(gamma_s, gamma_t, e):
+    """1 + r e, the Analytic-DPM factor on sigma_Q^2 for per-dim eps error e."""
+    return 1.0 + torch.expm1(gamma_t - gamma_s) * e
+
+
 class DiffusionModel(nn.Module):
     def __init__(self, schedule: NoiseSchedule, unet: UNet, variance: str = "posterior"):
         super().__init__()
@@ -123,10 +133,10 @@ class DiffusionModel(nn.Module):
         if self.variance == "transition":
             var = D.transition(gamma_s, gamma_t)[1]
         else:
-            var = torch.sigmoid(gamma_s) * (-torch.expm1(gamma_s - gamma_t))
+            var = _posterior_var(gamma_s, gamma_t)
         if self.eps_error is not None:
             e = self._eps_error_at(gamma_t)
-            var = var * (1.0 + torch.expm1(gamma_t - gamma_s) * (e.amin(-1) if self.eps_error.dim() == 2 else e))
+            var = var * _error_scale(gamma_s, gamma_t, e.amin(-1) if self.eps_error.dim() == 2 else e)
         return var
 
     def reverse(self, z_t, eps_hat, gamma_s, gamma_t):
@@ -141,8 +151,7 @@ class DiffusionModel(nn.Module):
         b = x0_bins(D.predict_x0(z_t.to(F64), eps_hat.to(F64), gamma_t), self.eps_error.shape[1])
         rows = self._eps_error_at(gamma_t)                       # gamma_t.shape + (B,)
         e = torch.gather(rows.expand(*b.shape, rows.shape[-1]), -1, b.unsqueeze(-1)).squeeze(-1)
-        post = torch.sigmoid(gamma_s) * (-torch.expm1(gamma_s - gamma_t))
-        return mean, (post * (1.0 + torch.expm1(gamma_t - gamma_s) * e)).to(var.dtype)
+        return mean, (_posterior_var(gamma_s, gamma_t) * _error_scale(gamma_s, gamma_t, e)).to(var.dtype)
 
     # ---- conditionals (float64, for coding and exact evaluation) -------
     @torch.no_grad()
