@@ -1,7 +1,8 @@
 """A compact binary form of JSON-like headers (None, bool, int, float, str,
 list, dict), so a stream's header costs tens of bytes, not hundreds.
 
-One tag byte per value; ints as varints (sign in the tag), floats as float32
+One tag byte per value (a list of two or more non-negative ints is packed
+under one tag); ints as varints (sign in the tag), floats as float32
 when exact else float64, lowercase even-length hex strings as raw bytes,
 and dict keys from a fixed table (one byte) or spelled out.  The reader is
 strict and bounded: nesting depth, lengths against the bytes left, finite
@@ -16,14 +17,14 @@ import struct
 
 from . import varint
 
-NONE, FALSE, TRUE, UINT, NINT, F32, F64, STR, HEX, LIST, DICT = range(11)
+NONE, FALSE, TRUE, UINT, NINT, F32, F64, STR, HEX, LIST, DICT, UINTS = range(12)
 MAX_DEPTH = 32
 # keys of the codecs' headers; append only (the index is the encoding)
 KEYS = ("codec", "steps", "times_sha", "grid_fraction", "seed", "encrypt", "seed_mode", "seed_codecs",
         "seed_words", "seed_words_omitted", "groups", "images", "pixels_sha256", "determinism", "torch",
         "threads", "dtype", "device", "rcc", "min_step_bits", "lossless_tail", "format", "frame_bits",
         "crcs", "stop_level", "params", "bits_per_chunk", "margin_bits", "max_candidates_log2", "final_crc",
-        "coarse", "topups", "seed_pick")
+        "coarse", "topups", "seed_pick", "names", "geoms")
 _KEY_INDEX = {k: i for i, k in enumerate(KEYS)}
 _HEX = re.compile(r"(?:[0-9a-f]{2})+")
 
@@ -70,6 +71,11 @@ def _write(out, v, depth):
             raw = v.encode("utf-8")
             out.append(STR)
             out += varint.encode(len(raw)) + raw
+    elif isinstance(v, (list, tuple)) and len(v) >= 2 and all(_is_uint(x) for x in v):
+        out.append(UINTS)                      # packed: no tag byte per item
+        out += varint.encode(len(v))
+        for item in v:
+            out += varint.encode(item)
     elif isinstance(v, (list, tuple)):
         out.append(LIST)
         out += varint.encode(len(v))
@@ -89,6 +95,10 @@ def _write(out, v, depth):
             _write(out, item, depth + 1)
     else:
         raise ValueError(f"cannot store {type(v).__name__} in a header")
+
+
+def _is_uint(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def loads(data: bytes):
@@ -143,6 +153,15 @@ def _read(data, pos, depth):
         items = []
         for _ in range(n):
             v, pos = _read(data, pos, depth + 1)
+            items.append(v)
+        return items, pos
+    if tag == UINTS:
+        n, pos = _count(data, pos)
+        items = []
+        for _ in range(n):
+            v, pos = varint.decode(data, pos)
+            if v is None:
+                raise CompactError("bad integer")
             items.append(v)
         return items, pos
     if tag == DICT:

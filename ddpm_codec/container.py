@@ -4,14 +4,16 @@ Layout:
 
     offset  size  field
     0       5     magic b"DDPMC"
-    5       1     format version (2; 1 had the keystream's old head rule)
+    5       1     format version (3; 2 stored the image list record by record,
+                  1 had the keystream's old head rule)
     6       1     mode: 0 lossless, 1 lossy
     7       1     flags: bit 0 = payload encrypted (keystream XOR),
                   bit 1 = header deflated (used when that is smaller)
     8       8     model fingerprint (first 8 bytes of the SHA-256 of config + weights)
     16      v     header length H (varint, <= 64 KiB)
     ..      H     header: a compact binary dict (`ddpm_codec.compact`): chain,
-                  grid, images, checksums, coder parameters (see each codec)
+                  grid, images (as runs, `ddpm_codec.image_table`), checksums,
+                  coder parameters (see each codec)
     ..      2     low 16 bits of the CRC-32 of everything before
     ..      v     payload length P (varint)
     ..      P     payload (codec-specific)
@@ -32,12 +34,12 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from . import compact, varint
+from . import compact, image_table, varint
 from .errors import CodecError
 
 MAGIC = b"DDPMC"
-VERSION = 2
-OLDER_VERSIONS = (1,)  # recognised, refused with a clear message
+VERSION = 3
+OLDER_VERSIONS = (1, 2)  # recognised, refused with a clear message
 MODES = {"lossless": 0, "lossy": 1}
 MAX_HEADER = 1 << 16
 MAX_PAYLOAD = 1 << 40
@@ -73,8 +75,20 @@ def pack_raw(mode: int, fingerprint: bytes, head: bytes, payload: bytes, version
     return out + struct.pack("<I", zlib.crc32(out))
 
 
+def stored_header(header: dict) -> dict:
+    """The header as written: the image list (if any) as name and geometry runs
+    (a list that is not records of five is left as is; the reader refuses it)."""
+    imgs = header.get("images")
+    if not (isinstance(imgs, list) and all(isinstance(r, list) and len(r) == 5 and isinstance(r[0], str)
+                                           for r in imgs)):
+        return header
+    out = {k: v for k, v in header.items() if k != "images"}
+    out.update(image_table.pack(header["images"]))
+    return out
+
+
 def pack(c: Container) -> bytes:
-    head = compact.dumps(c.header)
+    head = compact.dumps(stored_header(c.header))
     if len(head) > MAX_HEADER:
         raise ValueError("header too large")
     flags = FLAG_ENCRYPTED if c.encrypted else 0
@@ -143,6 +157,13 @@ def parse(data: bytes, allow_truncated: bool = False) -> Container:
         raise StreamError(f"corrupt stream: header is not valid ({e})")
     if not isinstance(header, dict):
         raise StreamError("corrupt stream: header is not an object")
+    if "images" in header or ("names" in header) != ("geoms" in header):
+        raise StreamError("corrupt stream: bad image list")
+    if "names" in header:
+        try:
+            header["images"] = image_table.unpack(header.pop("names"), header.pop("geoms"))
+        except image_table.ImageTableError as e:
+            raise StreamError(f"corrupt stream: bad image list ({e})")
     plen, start = varint.decode(data, end)
     if plen is None:
         if not allow_truncated:

@@ -248,8 +248,8 @@ class _Encoder:
                 n_common += 1
         payload = words[n_common:].astype("<u4").tobytes()
         header = {
-            "codec": CODEC, "seed_mode": self.seed_mode, "seed_codecs": [c for c, _ in seed_codes],
-            "seed_pick": pick, "seed_words": int(seed_added if self.seed_mode == "random" else base_words.size),
+            "codec": CODEC, "seed_mode": self.seed_mode,
+            "seed_codecs": [S.SEED_CODECS.index(c) for c, _ in seed_codes], "seed_pick": pick,
             "groups": sizes,
             "images": [[im.name, im.mode, *map(int, im.pixels.shape)] for im in self.images],
             "pixels_sha256": self.checksum,
@@ -257,8 +257,11 @@ class _Encoder:
         if sizes:      # what the chain's decoder needs (a classical-only stream has no chain)
             header.update({
                 "steps": int(self.steps), "times_sha": _times_hash(self.times), "grid_fraction": self.grid,
-                "coarse": coarse, "seed_words_omitted": int(n_common), "topups": topups,
-                "determinism": {"torch": torch.__version__, "threads": torch.get_num_threads()}})
+                "coarse": [v for grp, g in coarse for v in (grp, COARSE_GRIDS.index(g))],
+                "seed_words_omitted": int(n_common), "topups": topups,
+                "torch": torch.__version__, "threads": torch.get_num_threads()})
+            if self.seed_mode == "random":      # a classical seed's length is what the chain leaves
+                header["seed_words"] = int(seed_added)
         header = {k: v for k, v in header.items() if k not in HEADER_DEFAULTS or v != HEADER_DEFAULTS[k]}
         data = C.pack(C.Container("lossless", self.fingerprint, header, payload, self.encrypt))
         rep.file_bytes = len(data)
@@ -284,7 +287,6 @@ def _check_header(h: dict, payload_bytes: int):
     F = C.field
     if F(h, "codec", str) != CODEC:
         raise C.StreamError(f"unknown lossless codec {h.get('codec')!r}")
-    F(h, "seed_words", int, 0, 16 * (payload_bytes // 4) + 4096)    # the consumed seed is in the payload
     imgs = check_image_list(h, payload_bytes)
     sizes = F(h, "groups", list)
     if len(sizes) > MAX_UNITS or not all(_is_uint(v) and v >= 1 for v in sizes):
@@ -292,7 +294,7 @@ def _check_header(h: dict, payload_bytes: int):
     if F(h, "seed_mode", str) not in ("classical", "random"):
         raise C.StreamError("corrupt stream: unknown seed mode")
     codecs = F(h, "seed_codecs", list)
-    if len(codecs) > len(imgs) * 4 or any(c not in S.SEED_CODECS for c in codecs):
+    if len(codecs) > len(imgs) * 4 or not all(_is_uint(c) and c < len(S.SEED_CODECS) for c in codecs):
         raise C.StreamError("corrupt stream: bad seed codec list")
     checksum = F(h, "pixels_sha256", str)
     if len(checksum) != 16 or any(ch not in "0123456789abcdef" for ch in checksum):   # also the seed
@@ -302,19 +304,20 @@ def _check_header(h: dict, payload_bytes: int):
         if h["seed_mode"] != "classical":
             raise C.StreamError("corrupt stream: a PRNG-seeded stream without chain groups")
         return
+    if h["seed_mode"] == "random":
+        F(h, "seed_words", int, 0, 16 * (payload_bytes // 4) + 4096)    # the consumed seed is in the payload
     F(h, "steps", int, 1, 100000)
     F(h, "grid_fraction", float, 1e-6, 1e3)
-    F(h, "seed_words_omitted", int, 0, h["seed_words"])
+    F(h, "seed_words_omitted", int, 0, h["seed_words"] if h["seed_mode"] == "random" else 0)
     topups = F(h, "topups", list)
     if len(topups) > len(sizes) or not all(
             isinstance(t, list) and len(t) == 2 and _is_uint(t[0]) and t[0] < len(sizes) and _is_uint(t[1])
             and 1 <= t[1] <= 1 << 24 for t in topups) or len({t[0] for t in topups}) != len(topups):
         raise C.StreamError("corrupt stream: bad top-up list")
-    coarse = F(h, "coarse", list)
-    if len(coarse) > len(sizes) or not all(
-            isinstance(c, list) and len(c) == 2 and _is_uint(c[0]) and c[0] < len(sizes)
-            and isinstance(c[1], float) and 1e-6 <= c[1] <= 1e3 for c in coarse) \
-            or len({c[0] for c in coarse}) != len(coarse) or len({c[1] for c in coarse}) > 8:
+    coarse = F(h, "coarse", list)     # flat: group, index into COARSE_GRIDS, ...
+    if len(coarse) % 2 or len(coarse) > 2 * len(sizes) or not all(_is_uint(v) for v in coarse) \
+            or not all(g < len(sizes) and k < len(COARSE_GRIDS) for g, k in zip(coarse[::2], coarse[1::2])) \
+            or len(set(coarse[::2])) != len(coarse) // 2:
         raise C.StreamError("corrupt stream: bad grid list")
 
 
@@ -348,7 +351,7 @@ def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None) 
     if h["seed_pick"] >= len(units):
         raise C.StreamError("corrupt stream: bad seed pick")
     order = _pick_first(_coding_order(units), h["seed_pick"])
-    codecs = h["seed_codecs"]
+    codecs = [S.SEED_CODECS[k] for k in h["seed_codecs"]]
     m = len(codecs) if h["seed_mode"] == "classical" else 0
     # the groups tile order[m:] exactly, in order, each of one shape
     starts, expect = [], m
@@ -370,11 +373,10 @@ def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None) 
     else:
         words = payload_words
     msg = Message.from_words(words)
-    grid_of = {n: g for n, g in h["coarse"]}
+    grid_of = {n: COARSE_GRIDS[k] for n, k in zip(h["coarse"][::2], h["coarse"][1::2])}
     chains = {g: DiffusionChain(model, times, g) for g in {h["grid_fraction"], *grid_of.values()}} if sizes else {}
     threads = torch.get_num_threads()
-    det = h.get("determinism")
-    want = det.get("threads") if isinstance(det, dict) else None
+    want = h.get("threads")
     if isinstance(want, int) and 1 <= want <= 1024:
         torch.set_num_threads(want)
     try:
@@ -406,9 +408,6 @@ def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None) 
             raise C.StreamError("decoding failed: the seed bits did not come back (damaged stream or "
                                 "conditionals that differ from the encoder's)")
     else:
-        if left.size != h["seed_words"]:
-            raise C.StreamError("decoding failed: the seed data did not come back intact (damaged stream "
-                                "or conditionals that differ from the encoder's)")
         for n, (codec, code) in enumerate(zip(codecs, S.unseed(left, m))):
             S.decode_unit(codec, code, units[order[n]][2])
     for i, j, u in units:

@@ -79,7 +79,9 @@ def _pixel_sha256(images) -> str:
 
 
 def times_hash(times: torch.Tensor) -> str:
-    return hashlib.sha256(times.to(torch.float64).numpy().tobytes()).hexdigest()[:16]
+    """32 bits of the SHA-256 of the chain's times: the fingerprint already pins
+    the model, this catches a chain computed differently (another version)."""
+    return hashlib.sha256(times.to(torch.float64).numpy().tobytes()).hexdigest()[:8]
 
 
 def coding_order(units) -> list[int]:

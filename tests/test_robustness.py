@@ -150,11 +150,11 @@ def _byte_cases(ref):
     d = ref["data"]
     c = ref["c"]
     hend = C.header_end(d)                       # the payload length field starts here
-    hlen = len(compact.dumps(c.header))
+    hlen = varint.decode(d, 16)[0]
     hstart = hend - 2 - hlen
     pay = hend + len(varint.encode(len(c.payload)))
     def other(version):                          # a well-formed file of another format version
-        return C.pack_raw(0, bytes.fromhex(c.fingerprint), compact.dumps(c.header), c.payload,
+        return C.pack_raw(0, bytes.fromhex(c.fingerprint), compact.dumps(C.stored_header(c.header)), c.payload,
                           version=version, flags=1)
     return {
         "empty": (b"", "empty file"),
@@ -224,14 +224,18 @@ HEADER_DAMAGE = {
     "pixel-checksum-long": (_set(pixels_sha256="0" * 64), "bad pixel checksum"),
     "pixel-checksum-not-hex": (_set(pixels_sha256="0123456789abcdeg"), "bad pixel checksum"),
     "grid": (_set(grid_fraction=0.3), None),
-    "grid-coarse-added": (lambda h: {**h, "coarse": [[len(h["groups"]) - 1, 2.0]]}, None),
+    "grid-coarse-added": (lambda h: {**h, "coarse": [len(h["groups"]) - 1, 2]}, None),
     "grid-list-bad": (_set(coarse=[[0, "x"]]), "bad grid list"),
+    "grid-list-index": (_set(coarse=[0, 7]), "bad grid list"),
+    "grid-list-odd": (_set(coarse=[0, 1, 1]), "bad grid list"),
     "topups-bad": (_set(topups=[[99, 1]]), "bad top-up list"),
-    "seed-words": (lambda h: {**h, "seed_words": h["seed_words"] + 1}, None),
+    "seed-words-omitted": (_set(seed_words_omitted=1), "'seed_words_omitted' is invalid"),
     "seed-mode": (lambda h: {**h, "seed_mode": "random" if h.get("seed_mode", "classical") == "classical"
                              else "classical"}, None),
     "seed-mode-unknown": (_set(seed_mode="magic"), "unknown seed mode"),
     "seed-codecs-unknown": (lambda h: {**h, "seed_codecs": ["bmp"] * len(h["seed_codecs"])}, "seed codec list"),
+    "seed-codecs-index": (lambda h: {**h, "seed_codecs": [9] * len(h["seed_codecs"])}, "seed codec list"),
+    "seed-codecs-other": (lambda h: {**h, "seed_codecs": [0] * len(h["seed_codecs"])}, None),
     "groups-short": (lambda h: {**h, "groups": h["groups"][:-1]}, "groups do not cover the images"),
     "groups-longer": (lambda h: {**h, "groups": [h["groups"][0] + 1, *h["groups"][1:]]}, "groups do not"),
     "groups-bad": (_set(groups=[[0, 1]]), "bad group list"),
@@ -243,7 +247,8 @@ HEADER_DAMAGE = {
     "steps-beyond-T": (_set(steps=5000), "does not fit this model"),
     "steps-zero": (_set(steps=0), "'steps' is invalid"),
     "codec": (_set(codec="zip"), "unknown lossless codec"),
-    "seed-words-huge": (_set(seed_words=1 << 28, seed_words_omitted=1 << 28), "'seed_words' is invalid"),
+    "seed-words-huge": (_set(seed_mode="random", seed_words=1 << 28, seed_words_omitted=1 << 28),
+                        "'seed_words' is invalid"),
 }
 
 
@@ -259,7 +264,7 @@ def test_header_damage_behind_valid_crc(tmp_path, models, ref, case):
 def test_encryption_flag_flipped_behind_valid_crc(tmp_path, models, ref):
     """The keystream is on iff flag bit 0 says so (the header no longer repeats it)."""
     c = ref["c"]
-    blob = C.pack_raw(0, bytes.fromhex(c.fingerprint), compact.dumps(c.header), c.payload, flags=0)
+    blob = C.pack_raw(0, bytes.fromhex(c.fingerprint), compact.dumps(C.stored_header(c.header)), c.payload, flags=0)
     assert_deep(decompress_fails(tmp_path, models, blob, ""))
 
 
@@ -302,7 +307,7 @@ def test_header_cannot_make_the_decoder_loop(tmp_path, models, ref):
     model, _ = load_model(str(models["tiny"]))
     change = {"steps": 1000, "times_sha": _times_hash(model.schedule.chain(1000)),
               "images": [["big.png", "L", 256, 256, 1]] * 8, "groups": [8], "coarse": [], "topups": [],
-              "seed_mode": "random",
+              "seed_mode": "random", "seed_words": 1,
               "seed_codecs": []}
     t0 = time.time()
     decompress_fails(tmp_path, models, repack(ref, header=change), "more decoding work than its payload")
@@ -312,7 +317,7 @@ def test_header_cannot_make_the_decoder_loop(tmp_path, models, ref):
 def test_harmless_header_fields_still_decode_exactly(tmp_path, models, ref):
     """Fields the pixel checksum does not cover (names, modes, determinism notes) cannot make
     the CLI crash or write outside the output folder; pixels stay exact."""
-    change = {"determinism": "not a dict",
+    change = {"torch": 7, "threads": "many",
               "images": [["../../evil\x00\x07.png", "RGB", 6, 5, 1], ["b.png", "XYZ", 4, 7, 3]]}
     stream = tmp_path / "s.ddpmc"
     stream.write_bytes(repack(ref, header=change))
