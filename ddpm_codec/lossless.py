@@ -52,9 +52,9 @@ CODEC = "bitswap"
 MIN_WORK = 1 << 24
 WORK_PER_PAYLOAD_BIT = 1 << 14
 WORK_PER_GROUP = 1024
-# Header fields left out when they hold these values (most streams): ~30 bytes,
-# (changing one of these values changes the format: bump container.VERSION);
-# 0.1% of a 100-image stream. The encryption flag lives in the container's flags.
+# Header fields left out when they hold these values (most streams; ~30 bytes, 0.1% of
+# a 100-image stream). Changing a value here changes the format: bump container.VERSION.
+# The encryption flag lives in the container's flags.
 HEADER_DEFAULTS = {"codec": CODEC, "seed_mode": "classical", "seed_codecs": [], "seed_pick": 0,
                    "seed_words_omitted": 0, "topups": [], "coarse": [], "groups": [],
                    "grid_fraction": DEFAULT_GRID}
