@@ -145,6 +145,29 @@ def test_classical_seed_is_real_data(fmnist_images):
     assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(images, out))
 
 
+@pytest.mark.parametrize("share", [0.0, 1e9])
+def test_first_group_top_up_or_seed_unit(fmnist_images, monkeypatch, share):
+    """A first group the stack cannot fund takes PRNG top-up words when they cost less
+    than SEED_EXCESS_SHARE of one more classical unit: never at 0, always at 1e9 (then
+    no classical seed at all); either way the file holds the seed and top-up bits plus
+    the chain's net bits and decodes exactly."""
+    monkeypatch.setattr(lossless, "SEED_EXCESS_SHARE", share)
+    x = fmnist_images[:6]
+    model = closed_form_model(torch.from_numpy(x.copy()))
+    fp = fingerprint(model)
+    images = [_rec(a.transpose(1, 2, 0).copy()) for a in x]
+    data, rep = lossless.encode(images, model, fp, steps=10)
+    c = container.parse(data)
+    topped = [t for t in c.header.get("topups", []) if t[0] == 0]
+    if share == 0.0:
+        assert rep.seed_units >= 1 and not topped
+    else:
+        assert rep.seed_units == 0 and topped and rep.topup_bits >= 32 * topped[0][1]
+    assert abs(8 * len(c.payload) - (rep.seed_bits + rep.topup_bits + rep.net_bits)) <= 64
+    out = lossless.decode(data, model, fp)
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(images, out))
+
+
 def test_single_image_takes_the_smaller_code(tiny, fmnist_images):
     model, fp, _ = tiny
     img = [_rec(fmnist_images[0].transpose(1, 2, 0).copy())]
