@@ -286,7 +286,13 @@ def test_api_round_trip_on_the_tiny_network(tiny_path):
     codec = Codec(str(tiny_path))
     img = np.tile(np.arange(0, 256, 32, dtype=np.uint8), (8, 1))
     data, rep = codec.compress_lossy([img], steps=3)
-    assert container.parse(data).header["rcc"] == [*lossy.RCC_PARAMS.values(), lossy.FRAME_BITS]
+    h = container.parse(data).header
+    assert "rcc" not in h and "codec" not in h            # the defaults, left out
+    assert lossy.HEADER_DEFAULTS["rcc"] == [*lossy.RCC_PARAMS.values(), lossy.FRAME_BITS]
+    other, _ = lossy.encode([lossy.ImageRecord(img[:, :, None], "x.png", "L")], codec.model, codec.fingerprint,
+                            steps=3, params={"margin_bits": 3.0})
+    assert container.parse(other).header["rcc"] == [10.0, 3.0, 20, lossy.FRAME_BITS]
+    assert lossy.decode(other, codec.model, codec.fingerprint)[0].pixels.shape == (8, 8, 1)
     full = codec.decompress_lossy(data)[0].pixels
     assert full.shape == (8, 8, 1)
     cut = codec.decompress_lossy(data, max_bytes=_header_len(data) + rep[0]["frames"][0]["end_byte"] + 1)
