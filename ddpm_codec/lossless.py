@@ -407,7 +407,7 @@ def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None) 
     chains = {g: DiffusionChain(model, times, g) for g in {h["grid_fraction"], *grid_of.values()}} if sizes else {}
     threads = torch.get_num_threads()
     want = h.get("threads")
-    if isinstance(want, int) and 1 <= want <= 1024:
+    if _is_uint(want) and 1 <= want <= 1024:
         torch.set_num_threads(want)
     try:
         for n in range(len(sizes) - 1, -1, -1):

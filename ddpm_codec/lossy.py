@@ -139,7 +139,10 @@ def _open(data: bytes, model: DiffusionModel, fingerprint: str, max_bytes=None):
         C.field(h, "lossless_tail", bool)
     check_image_list(h, len(c.payload))      # sizes bounded by the payload
     params, frame_bits = _check_params(h)
-    times = model.schedule.chain(steps)
+    try:
+        times = model.schedule.chain(steps)
+    except ValueError as e:
+        raise C.StreamError(f"corrupt stream: its chain does not fit this model ({e})")
     if _times_hash(times) != h.get("times_sha"):
         raise C.ModelMismatch("stream's chain times differ from this model's chain")
     images = [ImageRecord(np.zeros((hh, ww, cc), np.uint8), name, mode) for name, mode, hh, ww, cc in h["images"]]

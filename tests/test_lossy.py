@@ -293,6 +293,8 @@ def test_api_round_trip_on_the_tiny_network(tiny_path):
                             steps=3, params={"margin_bits": 3.0})
     assert container.parse(other).header["rcc"] == [10.0, 3.0, 20, lossy.FRAME_BITS]
     assert lossy.decode(other, codec.model, codec.fingerprint)[0].pixels.shape == (8, 8, 1)
+    with pytest.raises(container.StreamError, match="does not fit this model"):    # found by the fuzzer
+        lossy.decode(_repack(data, steps=65535), codec.model, codec.fingerprint)
     full = codec.decompress_lossy(data)[0].pixels
     assert full.shape == (8, 8, 1)
     cut = codec.decompress_lossy(data, max_bytes=_header_len(data) + rep[0]["frames"][0]["end_byte"] + 1)

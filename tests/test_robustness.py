@@ -317,7 +317,7 @@ def test_header_cannot_make_the_decoder_loop(tmp_path, models, ref):
 def test_harmless_header_fields_still_decode_exactly(tmp_path, models, ref):
     """Fields the pixel checksum does not cover (names, modes, determinism notes) cannot make
     the CLI crash or write outside the output folder; pixels stay exact."""
-    change = {"torch": 7, "threads": "many",
+    change = {"torch": 7, "threads": True,          # a bool is not a thread count (found by the fuzzer)
               "images": [["../../evil\x00\x07.png", "RGB", 6, 5, 1], ["b.png", "XYZ", 4, 7, 3]]}
     stream = tmp_path / "s.ddpmc"
     stream.write_bytes(repack(ref, header=change))
