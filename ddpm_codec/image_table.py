@@ -22,6 +22,7 @@ import re
 
 MAX_IMAGES = 1 << 20
 MAX_WIDTH = 20
+MAX_NAME_CHARS = 1 << 25     # all names expanded: a few bytes of runs cannot ask for gigabytes
 _NUMBERED = re.compile(r"^(.*?)(\d+)(\D*)$", re.DOTALL)
 
 
@@ -92,6 +93,15 @@ def _uint(v, hi) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= hi
 
 
+def _name_chars(item) -> int:
+    """Characters the run expands to (an upper bound for numbered runs)."""
+    if isinstance(item, str):
+        return len(item)
+    if len(item) == 2:
+        return item[1] * len(item[0])
+    return item[2] * (len(item[0]) + len(item[4]) + max(item[3], len(str(item[1] + item[2]))))
+
+
 def _name_count(item) -> int:
     if isinstance(item, str):
         return 1
@@ -118,6 +128,8 @@ def unpack(names, geoms) -> list:
             raise ImageTableError("image count out of range")
     if sum(_name_count(item) for item in names) != total:
         raise ImageTableError("names and geometries disagree")
+    if sum(_name_chars(item) for item in names) > MAX_NAME_CHARS:
+        raise ImageTableError("names too long")
     flat = []
     for item in names:
         if isinstance(item, str):

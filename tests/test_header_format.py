@@ -66,8 +66,12 @@ def test_numbered_list_costs_a_few_bytes():
     (["a"], [[1, "L", 1, 1]], "bad geometry run"),
     ([["", 1 << 20]], [[1 << 20, "L", 1, 1, 1], [1, "L", 1, 1, 1]], "out of range"),
     ("a", [], "bad image list"),
+    ([["x" * 60000, 0, 1 << 20, 0, ""]], [[1 << 20, "L", 1, 1, 1]], "names too long"),   # ~60 GB of names
+    ([["x" * 60000, 1 << 20]], [[1 << 20, "L", 1, 1, 1]], "names too long"),
 ])
 def test_malformed_tables_are_refused(names, geoms, fragment):
+    """Refused before anything is expanded (the run lists are a few bytes; the last
+    two cases would expand to gigabytes of names)."""
     with pytest.raises(image_table.ImageTableError, match=fragment):
         image_table.unpack(names, geoms)
 
