@@ -71,7 +71,7 @@ def _write(out, v, depth):
             raw = v.encode("utf-8")
             out.append(STR)
             out += varint.encode(len(raw)) + raw
-    elif isinstance(v, (list, tuple)) and len(v) >= 2 and all(_is_uint(x) for x in v):
+    elif isinstance(v, (list, tuple)) and len(v) >= 2 and all(is_uint(x) for x in v):
         out.append(UINTS)                      # packed: no tag byte per item
         out += varint.encode(len(v))
         for item in v:
@@ -97,7 +97,8 @@ def _write(out, v, depth):
         raise ValueError(f"cannot store {type(v).__name__} in a header")
 
 
-def _is_uint(v) -> bool:
+def is_uint(v) -> bool:
+    """A non-negative int that is not a bool (what UINTS packs; what header checks want)."""
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 

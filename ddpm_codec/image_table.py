@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import re
 
+from .compact import is_uint
+
 MAX_IMAGES = 1 << 20
 MAX_WIDTH = 20
 MAX_NAME_CHARS = 1 << 25     # all names expanded: a few bytes of runs cannot ask for gigabytes
@@ -65,9 +67,8 @@ def pack_names(names: list[str]) -> list:
             if last == name:
                 out[-1] = [name, 2]
                 continue
-            a, b = _numbered(last), _numbered(name)
-            if a and b and a[0] == b[0] and a[3] == b[3] and b[1] == a[1] + 1 and \
-                    _format(*a) == last and _continues([a[0], a[1], 1, a[2], a[3]], name):
+            a = _numbered(last)
+            if a and _continues([a[0], a[1], 1, a[2], a[3]], name):
                 out[-1] = [a[0], a[1], 2, a[2], a[3]]
                 continue
         out.append(name)
@@ -90,7 +91,7 @@ def pack(records) -> dict:
 
 
 def _uint(v, hi) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= hi
+    return is_uint(v) and v <= hi
 
 
 def _name_chars(item) -> int:

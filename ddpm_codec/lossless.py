@@ -41,6 +41,7 @@ from bitsback.message import Message
 from . import container as C
 from . import lossless_seed as S
 from .coding_chain import DEFAULT_GRID, DiffusionChain
+from .compact import is_uint
 from .model import DiffusionModel
 from .units import (MAX_UNITS, ImageRecord, check_image_list, coding_order as _coding_order,  # noqa: F401
                     pick_first as _pick_first, pixel_checksum, place_unit, times_hash as _times_hash,
@@ -226,20 +227,20 @@ class _Encoder:
                 if gi + 1 < len(self.grids):          # one unit on a coarser grid
                     gi += 1
                     continue
-                code = S.classical_best(units[order[pos]][2]) if first else None
                 tried = None
                 if first:
                     # the stack cannot fund the first chain group yet: PRNG words for the
                     # shortfall if they cost clearly less than one more classical unit's excess
+                    code = S.classical_best(units[order[pos]][2])
                     tried = self._topped_up(x, g, msg, gseed, _topup_seed(seed, len(sizes)), short.needed_bits,
                                             SEED_EXCESS_SHARE * 8 * len(code[1]))
-                if first and tried is None:
-                    seed_codes.append(code)
-                    base_words = S.seed_words([c for _, c in seed_codes])
-                    msg = Message.from_words(base_words)
-                    m, pos, gi = m + 1, pos + 1, 0
-                    self._tick(1)
-                    continue
+                    if tried is None:
+                        seed_codes.append(code)
+                        base_words = S.seed_words([c for _, c in seed_codes])
+                        msg = Message.from_words(base_words)
+                        m, pos, gi = m + 1, pos + 1, 0
+                        self._tick(1)
+                        continue
                 # a unit larger than the stack funds even on the coarsest grid (rare:
                 # sizes descend), or a first group a little short: top the stack up
                 # with PRNG words, recorded so the decoder strips them
@@ -319,12 +320,12 @@ def _check_header(h: dict, payload_bytes: int):
         raise C.StreamError(f"unknown lossless codec {h.get('codec')!r}")
     imgs = check_image_list(h, payload_bytes)
     sizes = F(h, "groups", list)
-    if len(sizes) > MAX_UNITS or not all(_is_uint(v) and v >= 1 for v in sizes):
+    if len(sizes) > MAX_UNITS or not all(is_uint(v) and v >= 1 for v in sizes):
         raise C.StreamError("corrupt stream: bad group list")
     if F(h, "seed_mode", str) not in ("classical", "random"):
         raise C.StreamError("corrupt stream: unknown seed mode")
     codecs = F(h, "seed_codecs", list)
-    if len(codecs) > len(imgs) * 4 or not all(_is_uint(c) and c < len(S.SEED_CODECS) for c in codecs):
+    if len(codecs) > len(imgs) * 4 or not all(is_uint(c) and c < len(S.SEED_CODECS) for c in codecs):
         raise C.StreamError("corrupt stream: bad seed codec list")
     checksum = F(h, "pixels_sha256", str)
     if len(checksum) != 16 or any(ch not in "0123456789abcdef" for ch in checksum):   # also the seed
@@ -341,18 +342,14 @@ def _check_header(h: dict, payload_bytes: int):
     F(h, "seed_words_omitted", int, 0, h["seed_words"] if h["seed_mode"] == "random" else 0)
     topups = F(h, "topups", list)
     if len(topups) > len(sizes) or not all(
-            isinstance(t, list) and len(t) == 2 and _is_uint(t[0]) and t[0] < len(sizes) and _is_uint(t[1])
+            isinstance(t, list) and len(t) == 2 and is_uint(t[0]) and t[0] < len(sizes) and is_uint(t[1])
             and 1 <= t[1] <= 1 << 24 for t in topups) or len({t[0] for t in topups}) != len(topups):
         raise C.StreamError("corrupt stream: bad top-up list")
     coarse = F(h, "coarse", list)     # flat: group, index into COARSE_GRIDS, ...
-    if len(coarse) % 2 or len(coarse) > 2 * len(sizes) or not all(_is_uint(v) for v in coarse) \
+    if len(coarse) % 2 or len(coarse) > 2 * len(sizes) or not all(is_uint(v) for v in coarse) \
             or not all(g < len(sizes) and k < len(COARSE_GRIDS) for g, k in zip(coarse[::2], coarse[1::2])) \
             or len(set(coarse[::2])) != len(coarse) // 2:
         raise C.StreamError("corrupt stream: bad grid list")
-
-
-def _is_uint(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None) -> list[ImageRecord]:
@@ -407,7 +404,7 @@ def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None) 
     chains = {g: DiffusionChain(model, times, g) for g in {h["grid_fraction"], *grid_of.values()}} if sizes else {}
     threads = torch.get_num_threads()
     want = h.get("threads")
-    if _is_uint(want) and 1 <= want <= 1024:
+    if is_uint(want) and 1 <= want <= 1024:
         torch.set_num_threads(want)
     try:
         for n in range(len(sizes) - 1, -1, -1):

@@ -52,8 +52,9 @@ def classical_best(unit: np.ndarray) -> tuple[str, bytes]:
         if not classical.codec_status(codec)[0] or (codec == "webp" and hwc.shape[2] == 2):
             continue
         data = classical.encode_lossless(codec, hwc if hwc.shape[2] != 1 else hwc[:, :, 0])
-        if codec == "webp" and bare_vp8l(data) is not None:
-            codec, data = "vp8l", bare_vp8l(data)
+        bits = bare_vp8l(data) if codec == "webp" else None
+        if bits is not None:
+            codec, data = "vp8l", bits
         if best is None or len(data) < len(best[1]):
             best = (codec, data)
     return best
@@ -63,10 +64,8 @@ def bare_vp8l(webp: bytes) -> bytes | None:
     """The VP8L bitstream of a simple-format lossless WebP file, else None."""
     if len(webp) < 21 or webp[:4] != b"RIFF" or webp[8:16] != b"WEBPVP8L":
         return None
-    size = int.from_bytes(webp[16:20], "little")
-    if 4 + int.from_bytes(webp[4:8], "little") != 8 + 12 + size + (size & 1) - 4 or len(webp) != 20 + size + (size & 1):
-        return None
-    return webp[20:20 + size]
+    bits = webp[20:20 + int.from_bytes(webp[16:20], "little")]
+    return bits if riff_vp8l(bits) == webp else None      # exactly the file riff_vp8l rebuilds
 
 
 def riff_vp8l(bits: bytes) -> bytes:

@@ -67,10 +67,17 @@ from .model import DiffusionModel
 
 CODEC = "rcc-progressive"
 FORMAT = 2
+
+
+def _rcc_field(params: dict, frame_bits: int) -> list:
+    """The header's "rcc": [bits_per_chunk, margin_bits, max_candidates_log2, frame_bits]."""
+    return [float(params["bits_per_chunk"]), float(params["margin_bits"]), int(params["max_candidates_log2"]),
+            int(frame_bits)]
+
+
 # header fields left out at these values (36 bytes, 0.37 bits/dim of a 28x28 image);
 # changing one changes the format: bump container.VERSION
-HEADER_DEFAULTS = {"codec": CODEC, "rcc": [float(RCC_PARAMS["bits_per_chunk"]), float(RCC_PARAMS["margin_bits"]),
-                                           int(RCC_PARAMS["max_candidates_log2"]), int(FRAME_BITS)]}
+HEADER_DEFAULTS = {"codec": CODEC, "rcc": _rcc_field(RCC_PARAMS, FRAME_BITS)}
 
 
 # ---- streams of images --------------------------------------------------------
@@ -116,8 +123,7 @@ def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, s
         reports.append(rep)
     header = {"codec": CODEC, "format": FORMAT, "steps": int(steps), "times_sha": _times_hash(times),
               "seed": seed, "final_crc": [r["final_crc"] for r in reports],
-              "rcc": [float(params["bits_per_chunk"]), float(params["margin_bits"]),
-                      int(params["max_candidates_log2"]), int(frame_bits)],
+              "rcc": _rcc_field(params, frame_bits),
               "images": [[im.name, im.mode, *map(int, im.pixels.shape)] for im in images]}
     if lossless_tail:
         header["lossless_tail"] = True
