@@ -4,7 +4,7 @@
 
 Corpus: small valid streams made with a tiny untrained model (`configs`
 'tiny', fixed seed): lossless (one grey image; grey + RGB; two images of one
-shape; without encryption) and, when the lossy codec can make one, a lossy
+shape; without encryption; one 33x30 image as 2 x 2 tiles) and, when the lossy codec can make one, a lossy
 stream.  Every case is one mutation of a corpus stream (or fresh bytes):
 
 - byte level, CRCs left broken: bit flips, truncation, insertion, deletion,
@@ -73,10 +73,13 @@ def make_corpus(model_path: Path, lossy: bool = True):
     grey = rng.integers(0, 256, (6, 5), dtype=np.uint8)
     rgb = rng.integers(0, 256, (4, 7, 3), dtype=np.uint8)
     twin = [rng.integers(0, 256, (4, 4), dtype=np.uint8) for _ in range(2)]
+    big = rng.integers(0, 256, (33, 30), dtype=np.uint8)      # 2 x 2 tiles of the tiny model's 28
     out = []
     for name, imgs, kw in [("grey", [grey], {}), ("grey+rgb", [grey, rgb], {"steps": 3}),
-                           ("twins", twin, {}), ("plain", [grey], {"encrypt": False})]:
-        data, _ = codec.compress(imgs, steps=kw.get("steps", 2), encrypt=kw.get("encrypt", True))
+                           ("twins", twin, {}), ("plain", [grey], {"encrypt": False}),
+                           ("tiled", [big], {"tiles": "always"})]:
+        data, _ = codec.compress(imgs, steps=kw.get("steps", 2), encrypt=kw.get("encrypt", True),
+                                 tiles=kw.get("tiles", "auto"))
         out.append((name, data, parse(data).header["pixels_sha256"]))
     try:
         if not lossy:

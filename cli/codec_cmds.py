@@ -53,8 +53,12 @@ def _safe_name(name: str, used: dict) -> str:
 @click.option("--grid", default=None, type=float,
               help="lossless: latent bin width / noise scale (default 0.25; 0.5 is ~0.1% larger on "
                    "large streams, needs ~1 bit/dim less in flight)")
+@click.option("--tiles", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
+              help="lossless: cut images larger than the model's training size into tiles of that size "
+                   "(auto: when the stream has fewer than 8 planes otherwise, so that one large image "
+                   "funds its own chain)")
 @click.option("--force", is_flag=True, help="overwrite OUT if it exists")
-def compress(inputs, out, model_path, steps, lossy, bpd, stop_at, no_encrypt, grid, force):
+def compress(inputs, out, model_path, steps, lossy, bpd, stop_at, no_encrypt, grid, tiles, force):
     """Compress images into one .ddpmc stream (lossless by default)."""
     from tqdm import tqdm
     from ddpm_codec import api
@@ -76,9 +80,9 @@ def compress(inputs, out, model_path, steps, lossy, bpd, stop_at, no_encrypt, gr
     else:
         if bpd is not None or stop_at is not None:
             raise click.UsageError("--bpd and --stop-at apply to --lossy streams")
-        with tqdm(total=codec.count_units(images), desc="compress", unit="plane") as bar:
+        with tqdm(total=codec.count_units(images, tiles), desc="compress", unit="unit") as bar:
             data, rep = codec.compress(images, steps=steps, encrypt=not no_encrypt, progress=bar.update,
-                                       grid=grid)
+                                       grid=grid, tiles=tiles)
     atomic_write_bytes(out, data, force=force)
     dims = sum(im.pixels.size for im in images)
     click.echo(f"{out}: {len(images)} image(s), {len(data)} bytes, {8 * len(data) / dims:.4f} bits/dim "

@@ -16,8 +16,8 @@ import torch
 
 from . import container
 from .checkpoint import CheckpointError, load_model
-from .lossless import decode as lossless_decode, encode as lossless_encode
-from .units import ImageRecord, to_units as _units
+from .lossless import decode as lossless_decode, encode as lossless_encode, tile_options
+from .units import ImageRecord, count_units as _count_units
 
 DEFAULT_STEPS = 100
 MODES_BY_CHANNELS = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
@@ -70,18 +70,21 @@ class Codec:
             raise container.CodecError(f"--steps must be between 1 and {T or 'any'}; got {steps}")
         return steps
 
-    def count_units(self, images) -> int:
+    def count_units(self, images, tiles="auto") -> int:
+        """Planes or tiles the lossless codec will code (a progress bar's total)."""
         recs = [_record(im, k) for k, im in enumerate(images)]
-        return len(_units(recs, self.model.channels, self.model.unet.multiple))
+        return _count_units(recs, self.model.channels, tile_options(recs, self.model, tiles)[0])
 
     # ---- lossless ----------------------------------------------------
-    def compress(self, images, steps=None, encrypt=True, progress=None, grid=None):
-        """``grid``: latent bin width / noise scale (default ``coding_chain.DEFAULT_GRID``)."""
+    def compress(self, images, steps=None, encrypt=True, progress=None, grid=None, tiles="auto"):
+        """``grid``: latent bin width / noise scale (default ``coding_chain.DEFAULT_GRID``);
+        ``tiles``: "auto", "always" or "never" cut images larger than the model's
+        training size into tiles of that size (``lossless.choose_tile``)."""
         recs = [_record(im, k) for k, im in enumerate(images)]
         kw = {} if grid is None else {"grid_fraction": grid}
         with torch.no_grad():
             return lossless_encode(recs, self.model, self.fingerprint, steps=self._steps(steps),
-                                   encrypt=encrypt, progress=progress, **kw)
+                                   encrypt=encrypt, progress=progress, tiles=tiles, **kw)
 
     def decompress(self, data: bytes, progress=None) -> list[ImageRecord]:
         with torch.no_grad():

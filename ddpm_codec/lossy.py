@@ -112,7 +112,7 @@ def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, s
     if lossless_tail and (stop_level != 0 or bpd is not None):
         raise ValueError("the lossless tail needs the whole chain (no --stop-at / --bpd)")
     body, reports = bytearray(), []
-    for n, (_, _, u) in enumerate(units):
+    for n, u in enumerate(unit.pixels for unit in units):
         t0 = time.perf_counter()
         max_bits = None if bpd is None else bpd * u.size
         data, rep = encode_unit(chain, u, seed + n, params, min_step_bits, frame_bits, stop_level, max_bits,
@@ -184,7 +184,8 @@ def decode(data: bytes, model: DiffusionModel, fingerprint: str, stop_at=None, m
     c, cfg, chain, images, units = _open(data, model, fingerprint, max_bytes)
     stop_level = None if stop_at is None else int(stop_at)
     strict = not c.truncated
-    for n, ((i, j, u), (sub, whole)) in enumerate(zip(units, _unit_slices(c.payload, len(units), strict))):
+    for n, (unit, (sub, whole)) in enumerate(zip(units, _unit_slices(c.payload, len(units), strict))):
+        u = unit.pixels
         lat = [] if latents is not None else None
         r = decode_unit(chain, sub, u.shape, cfg["seed"] + n, cfg["params"], cfg["frame_bits"], cfg["tail"],
                         stop_level, stochastic, latents=lat)
@@ -196,7 +197,7 @@ def decode(data: bytes, model: DiffusionModel, fingerprint: str, stop_at=None, m
             if _crc(r["x0_hat"]) != cfg["crc"][n]:
                 raise C.StreamError("decoded image fails the stream's check (damaged stream, other seed, "
                                     "or conditionals computed differently from the encoder's)")
-        place_unit(images[i], j, r["pixels"])
+        place_unit(images[unit.image], unit, r["pixels"])
     return images
 
 
@@ -207,7 +208,8 @@ def progressive(data: bytes, model: DiffusionModel, fingerprint: str):
     c, cfg, chain, images, units = _open(data, model, fingerprint)
     start = len(data) - 4 - len(c.payload)             # payload offset in the file
     out = []
-    for n, ((i, j, u), (sub, _)) in enumerate(zip(units, _unit_slices(c.payload, len(units), True))):
+    for n, (unit, (sub, _)) in enumerate(zip(units, _unit_slices(c.payload, len(units), True))):
+        u = unit.pixels
         base = start + _unit_offset(c.payload, n)
         pts = []
         for kind, end, level, z, eps in iter_unit(chain, sub, u.shape, cfg["seed"] + n, cfg["params"],
