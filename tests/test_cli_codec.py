@@ -272,3 +272,18 @@ def test_grid_option_round_trips_and_is_recorded(tmp_path, model):
     fails(run("compress", *ins, "-o", tmp_path / "bad.ddpmc", "--model", model, "--steps", 2, "--grid", 7),
           "grid fraction")
     assert not (tmp_path / "bad.ddpmc").exists()
+
+
+def test_tiles_option_round_trips_and_is_recorded(tmp_path, model):
+    from ddpm_codec import container
+    img = np.random.default_rng(5).integers(0, 256, (61, 33, 3), dtype=np.uint8)
+    Image.fromarray(img).save(tmp_path / "big.png")
+    for mode, tiled in (("always", True), ("never", False)):
+        out = tmp_path / f"{mode}.ddpmc"
+        ok(run("compress", tmp_path / "big.png", "-o", out, "--model", model, "--steps", 2, "--tiles", mode))
+        assert ("tile" in container.parse(out.read_bytes()).header) == tiled
+        ok(run("decompress", out, "-o", tmp_path / mode, "--model", model))
+        assert np.array_equal(np.asarray(Image.open(tmp_path / mode / "big.png")), img)
+    res = run("compress", tmp_path / "big.png", "-o", tmp_path / "x.ddpmc", "--model", model, "--tiles", "some")
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert not (tmp_path / "x.ddpmc").exists()
