@@ -54,9 +54,10 @@ def _safe_name(name: str, used: dict) -> str:
               help="lossless: latent bin width / noise scale (default 0.25; 0.5 is ~0.1% larger on "
                    "large streams, needs ~1 bit/dim less in flight)")
 @click.option("--tiles", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
-              help="lossless: cut images larger than the model's training size into tiles of that size "
-                   "(auto: when the stream has fewer than 8 planes otherwise, so that one large image "
-                   "funds its own chain)")
+              help="lossless: cut images larger than the model's training size into tiles, so that one "
+                   "large image funds its own chain (auto: a stream of fewer than 8 planes tries tiles of "
+                   "that size, of twice it and whole planes, and keeps the smallest; always: tiles of that "
+                   "size; never: whole planes)")
 @click.option("--force", is_flag=True, help="overwrite OUT if it exists")
 def compress(inputs, out, model_path, steps, lossy, bpd, stop_at, no_encrypt, grid, tiles, force):
     """Compress images into one .ddpmc stream (lossless by default)."""

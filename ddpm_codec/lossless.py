@@ -119,13 +119,18 @@ COARSE_GRIDS = (0.5, 1.0, 2.0)
 SEED_EXCESS_SHARE = 0.25
 MIN_GRID, MAX_GRID = 0.05, 2.0   # main grid fractions the encoder accepts
 TILE_CHOICES = ("auto", "always", "never")
-# "auto" tries tiles of the model's training size beside whole planes, and keeps the
-# smaller stream, when the stream has fewer whole-plane units than this. Why: a whole
-# plane keeps the context across tile borders (default model, 56x56 crops of test
-# mosaics: -VLB 3.38 bits/dim whole, 3.50 as 28x28 tiles), but a stream of a few units
-# pays a whole unit's classical seed (~1 bit/dim over the model on that unit), and one
-# unit alone cannot use the chain at all; larger streams keep whole planes.
+# "auto": a stream with this many whole-plane units or more keeps whole planes; a
+# smaller one (one image, say) tries every layout below and keeps the smallest stream.
+# Why: a stream of a few units pays a whole unit's classical seed (~1 bit/dim over the
+# model on that unit), and one unit alone cannot use the chain at all, while tiles lose
+# the context across their borders. Which layout wins depends on the content (default
+# model, -VLB of 98x98 crops of test mosaics, cut through the garments: 3.69 / 3.56 /
+# 3.60 bits/dim as 28-pixel tiles / 56-pixel tiles / one plane; of 84x84 mosaics, aligned
+# with them: 2.88 / 3.24 / 3.18).
 TILE_BELOW_UNITS = 8
+# ... and only while the model-size tiles number at most this many (each layout tried
+# is a whole encode; a larger image gets model-size tiles alone).
+TRY_LAYOUTS_UP_TO = 64
 
 
 def tile_options(images: list[ImageRecord], model: DiffusionModel, tiles: str = "auto") -> list[int]:
@@ -136,9 +141,15 @@ def tile_options(images: list[ImageRecord], model: DiffusionModel, tiles: str = 
     if tiles == "never" or not is_uint(side) or side < 1 or \
             not any(max(im.pixels.shape[:2]) > side for im in images):
         return [0]                        # tiles would change nothing
-    if tiles == "always" or any(im.pixels.shape[0] * im.pixels.shape[1] > MAX_UNIT_PIXELS for im in images):
+    if tiles == "always":
         return [side]
-    return [side, 0] if count_units(images, model.channels) < TILE_BELOW_UNITS else [0]
+    whole_ok = all(im.pixels.shape[0] * im.pixels.shape[1] <= MAX_UNIT_PIXELS for im in images)
+    if whole_ok and count_units(images, model.channels) >= TILE_BELOW_UNITS:
+        return [0]
+    if count_units(images, model.channels, side) > TRY_LAYOUTS_UP_TO:
+        return [side]
+    larger = [2 * side] if any(max(im.pixels.shape[:2]) > 2 * side for im in images) else []
+    return [side, *larger, *([0] if whole_ok else [])]
 
 
 def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, steps: int = 100,

@@ -71,9 +71,12 @@ def test_tiled_and_whole_streams_round_trip(tiny):
         out = lossless.decode(data, model, fp)
         assert [o.name for o in out] == ["big.png", "small.png"]
         assert np.array_equal(out[0].pixels, img) and np.array_equal(out[1].pixels, small)
-    auto, rep_a = lossless.encode(images, model, fp, steps=3)        # 4 planes < 8: tries both
-    assert auto == min(tiled, whole, key=len)
-    assert rep_a.rejected_bytes == max(len(tiled), len(whole))
+    # 4 planes < 8: auto tries 28-pixel tiles, 56-pixel tiles (59 > 56) and whole planes
+    assert lossless.tile_options(images, model) == [side, 2 * side, 0]
+    auto, rep_a = lossless.encode(images, model, fp, steps=3)
+    assert len(auto) <= min(len(tiled), len(whole)) and rep_a.rejected_bytes >= len(auto)
+    assert rep_a.tile in (side, 2 * side, 0) and (auto == tiled) == (rep_a.tile == side)
+    assert [np.array_equal(o.pixels, i.pixels) for o, i in zip(lossless.decode(auto, model, fp), images)] == [1, 1]
 
 
 def test_images_within_one_tile_are_not_tiled(tiny):
@@ -90,6 +93,9 @@ def test_many_units_keep_whole_planes(tiny):
     imgs = [ImageRecord(np.zeros((40, 40, 1), np.uint8), f"{k}", "L") for k in range(lossless.TILE_BELOW_UNITS)]
     assert lossless.tile_options(imgs, model) == [0]
     assert lossless.tile_options(imgs[:-1], model) == [28, 0]
+    assert lossless.tile_options([ImageRecord(np.zeros((57, 9, 1), np.uint8), "a", "L")], model) == [28, 56, 0]
+    many = [ImageRecord(np.zeros((28 * 9, 28 * 8, 1), np.uint8), "a", "L")]     # 72 tiles > 64
+    assert lossless.tile_options(many, model) == [28]
     with pytest.raises(ValueError):
         lossless.tile_options(imgs, model, "sometimes")
 
