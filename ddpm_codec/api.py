@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import container
-from .checkpoint import CheckpointError, load_model
+from .checkpoint import CheckpointError, load_companion, load_model
 from .lossless import decode as lossless_decode, encode as lossless_encode, tile_options
 from .units import ImageRecord, count_units as _count_units
 
@@ -62,6 +62,8 @@ class Codec:
         if not isinstance(rs, int) or isinstance(rs, bool) or rs < 1:
             raise CheckpointError(f"model {model}: recommended_steps {rs!r} in its config is not a positive integer")
         self.default_steps = rs
+        # the pixel-group net beside the model, if any: one image alone can then fund its own chain
+        self.groups = load_companion(model, self.fingerprint, device)
 
     def _steps(self, steps):
         steps = int(steps or self.default_steps)
@@ -84,11 +86,11 @@ class Codec:
         kw = {} if grid is None else {"grid_fraction": grid}
         with torch.no_grad():
             return lossless_encode(recs, self.model, self.fingerprint, steps=self._steps(steps),
-                                   encrypt=encrypt, progress=progress, tiles=tiles, **kw)
+                                   encrypt=encrypt, progress=progress, tiles=tiles, groups_model=self.groups, **kw)
 
     def decompress(self, data: bytes, progress=None) -> list[ImageRecord]:
         with torch.no_grad():
-            return lossless_decode(data, self.model, self.fingerprint, progress=progress)
+            return lossless_decode(data, self.model, self.fingerprint, progress=progress, groups_model=self.groups)
 
     def decompress_arrays(self, data: bytes) -> list[np.ndarray]:
         """Decoded pixels only: (H, W) for one channel, else (H, W, C)."""

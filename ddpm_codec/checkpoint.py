@@ -134,3 +134,25 @@ def load_model(path: str | None = None, device="cpu") -> tuple[DiffusionModel, d
         raise CheckpointError(f"weights {wpath} do not match the fingerprint in their config (damaged file?)")
     meta["fingerprint"] = fp
     return model.to(device).eval(), meta
+
+
+def companion_path(path: str | None) -> Path:
+    """Where a model's pixel-group conditional net lives: PATH_groups.{json,safetensors}."""
+    base = resolve(path)
+    return base.with_name(base.name + "_groups")
+
+
+def load_companion(path: str | None, base_fingerprint: str, device="cpu"):
+    """(conditional net, fingerprint) shipped beside the model at `path`, or None.
+
+    Why a companion and not the model itself: the net is fine-tuned from the
+    model (`ddpm_codec.train_groups`) for one job, coding one image alone as
+    pixel groups, and streams of several images never need it."""
+    comp = companion_path(path)
+    if not comp.with_suffix(".json").exists():
+        return None
+    model, meta = load_model(str(comp.with_suffix(".json")), device)
+    if meta.get("base_fingerprint") not in (None, base_fingerprint):
+        raise CheckpointError(f"{comp.with_suffix('.json')} was fine-tuned from another model than "
+                              f"{resolve(path).with_suffix('.json')}")
+    return model, meta["fingerprint"]

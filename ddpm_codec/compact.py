@@ -24,7 +24,7 @@ KEYS = ("codec", "steps", "times_sha", "grid_fraction", "seed", "encrypt", "seed
         "seed_words", "seed_words_omitted", "groups", "images", "pixels_sha256", "determinism", "torch",
         "threads", "dtype", "device", "rcc", "min_step_bits", "lossless_tail", "format", "frame_bits",
         "crcs", "stop_level", "params", "bits_per_chunk", "margin_bits", "max_candidates_log2", "final_crc",
-        "coarse", "topups", "seed_pick", "names", "geoms", "tile")
+        "coarse", "topups", "seed_pick", "names", "geoms", "tile", "pixel_groups")
 _KEY_INDEX = {k: i for i, k in enumerate(KEYS)}
 _HEX = re.compile(r"(?:[0-9a-f]{2})+")
 

@@ -4,7 +4,9 @@ geometries cost a few bytes, not a few hundred.
 In memory (and to every codec) the list is ``[[name, mode, H, W, C], ...]``.
 In the header it is two run lists:
 
-  geoms: [[count, mode, H, W, C], ...]   consecutive images of one geometry
+  geoms: [[count, mode, H, W, C], ...]   consecutive images of one geometry,
+         or the int S alone for one grayscale S x S image (mode "L"): 1 byte,
+         not 14, which matters to a stream of one small image
   names: items, each one of
          "name"                          one name
          ["name", count]                 count images of that name (e.g. "")
@@ -75,7 +77,11 @@ def pack_names(names: list[str]) -> list:
     return out
 
 
-def pack_geoms(records) -> list:
+def pack_geoms(records) -> list | int:
+    if len(records) == 1:
+        _, mode, h, w, c = records[0]
+        if mode == "L" and h == w and c == 1 and is_uint(h):
+            return h
     out = []
     for _, mode, h, w, c in records:
         if out and out[-1][1:] == [mode, h, w, c]:
@@ -118,6 +124,8 @@ def _name_count(item) -> int:
 
 def unpack(names, geoms) -> list:
     """Inverse of :func:`pack`; ImageTableError on anything malformed."""
+    if is_uint(geoms) and geoms >= 1:
+        geoms = [[1, "L", geoms, geoms, 1]]
     if not isinstance(names, list) or not isinstance(geoms, list):
         raise ImageTableError("bad image list")
     total = 0

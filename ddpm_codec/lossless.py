@@ -39,6 +39,7 @@ from bitsback.initial import seeded_words
 from bitsback.message import Message
 
 from . import container as C
+from . import lossless_groups as LG
 from . import lossless_seed as S
 from .coding_chain import DEFAULT_GRID, DiffusionChain
 from .compact import is_uint
@@ -83,6 +84,7 @@ class EncodeReport:
     rejected_bytes: int = 0        # size of the smallest stream tried and not kept (seed mode, tiles)
     tile: int = 0                  # tile side (0: whole planes)
     units: int = 0                 # planes or tiles coded
+    pixel_groups: int = 0          # one unit coded as this many pixel groups (0: not)
 
     @property
     def file_bpd(self):
@@ -118,6 +120,7 @@ COARSE_GRIDS = (0.5, 1.0, 2.0)
 # 25-30% of a WebP code on Fashion-MNIST (4.03 vs -VLB 2.7-3.0 bits/dim).
 SEED_EXCESS_SHARE = 0.25
 MIN_GRID, MAX_GRID = 0.05, 2.0   # main grid fractions the encoder accepts
+C_MIN_GRID, C_MAX_GRID = 1e-6, 1e3  # what a decoder accepts from a header
 TILE_CHOICES = ("auto", "always", "never")
 # "auto": a stream with this many whole-plane units or more keeps whole planes; a
 # smaller one (one image, say) tries every layout below and keeps the smallest stream.
@@ -154,7 +157,8 @@ def tile_options(images: list[ImageRecord], model: DiffusionModel, tiles: str = 
 
 def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, steps: int = 100,
            grid_fraction: float = DEFAULT_GRID, encrypt: bool = True, max_group: int = 64,
-           progress=None, seed_mode: str = "classical", tiles: str = "auto") -> tuple[bytes, EncodeReport]:
+           progress=None, seed_mode: str = "classical", tiles: str = "auto",
+           groups_model=None) -> tuple[bytes, EncodeReport]:
     """seed_mode "classical": the first units are coded with the best classical
     lossless codec and those bits are the initial bits of the first pops (real
     data, not dead weight); as few units as the first group needs, each early
@@ -162,7 +166,10 @@ def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, s
     unit the smaller of "classical only" and a PRNG-seeded chain wins.
     seed_mode "random": PRNG seed words (the literature's initial bits).
     tiles: "auto", "always" or "never" cut images into tiles of the model's
-    training size (`tile_options`; "auto" keeps the smaller stream)."""
+    training size (`tile_options`; "auto" keeps the smaller stream).
+    groups_model: (conditional net, fingerprint) of the model's pixel-group
+    companion, or None; a stream of one unit of its size is then also tried as
+    pixel groups (`ddpm_codec.lossless_groups`) and the smallest stream kept."""
     if seed_mode not in ("classical", "random"):
         raise ValueError("seed_mode must be 'classical' or 'random'")
     if not MIN_GRID <= float(grid_fraction) <= MAX_GRID:
@@ -174,6 +181,9 @@ def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, s
         if seed_mode == "classical" and count_units(images, model.channels, tile) == 1:
             tried.append(_Encoder(*args, progress, "classical").run())
             tried.append(_Encoder(*args, None, "random").run())
+            if groups_model is not None and \
+                    LG.supports(groups_model[0], _units(images, model.channels, model.unet.multiple, tile)[0][2].shape):
+                tried.append(_encode_pixel_groups(images, *groups_model, steps, float(grid_fraction), encrypt, tile))
         else:
             tried.append(_Encoder(*args, progress, seed_mode).run())
         progress = None                  # the bar follows the first option only
@@ -352,6 +362,97 @@ class _Encoder:
         return data, rep
 
 
+def torch_digest() -> str:
+    """16 bits of the torch version's SHA-256: what a one-image stream records of it."""
+    import hashlib
+    return hashlib.sha256(torch.__version__.encode()).hexdigest()[:4]
+
+
+def _encode_pixel_groups(images, gmodel, gfp, steps, grid, encrypt, tile) -> tuple[bytes, EncodeReport]:
+    """One unit as pixel groups, each given those decoded before it; the
+    stream records the conditional net's fingerprint, and its header only what
+    the decoder needs (every byte is 0.01 bits/dim of a 28 x 28 image)."""
+    t_start = time.perf_counter()
+    (unit,) = _units(images, gmodel.channels, gmodel.unet.multiple, tile)
+    checksum = pixel_checksum(images)
+    seed = _stream_seed(checksum)
+    times = gmodel.schedule.chain(steps)
+    res = LG.encode(unit.pixels, gmodel, times, grid, seed, encrypt)
+    header = {
+        "pixel_groups": LG.group_codes(res, LG.count(unit.pixels.shape), COARSE_GRIDS),
+        "images": [[im.name, im.mode, *map(int, im.pixels.shape)] for im in images],
+        "pixels_sha256": checksum, "tile": tile, "steps": int(steps), "times_sha": _times_hash(times),
+        "grid_fraction": grid, "determinism": torch_digest(), "threads": torch.get_num_threads()}
+    header = {k: v for k, v in header.items() if k not in HEADER_DEFAULTS or v != HEADER_DEFAULTS[k]}
+    data = C.pack(C.Container("lossless", gfp, header, res.words.astype("<u4").tobytes(), encrypt))
+    rep = EncodeReport(file_bytes=len(data), dims=int(sum(im.pixels.size for im in images)), tile=tile, units=1)
+    rep.seed_bits = res.direct_bits           # the groups coded directly (the first one at least)
+    rep.net_bits = 32 * int(res.words.size)
+    rep.chain_dims = int(unit.pixels.size)
+    rep.ideal_net_bits = res.ideal_net_bits
+    rep.ideal_bits_by_image = {unit.image: rep.ideal_net_bits}
+    rep.pixel_groups = len(header["pixel_groups"])
+    rep.coarse = res.coarse
+    rep.network_s = res.network_s
+    rep.total_s = time.perf_counter() - t_start
+    return data, rep
+
+
+def _decode_pixel_groups(c, h, gmodel, progress) -> list[ImageRecord]:
+    F = C.field
+    tile = F(h, "tile", int, 0, 1 << 16)
+    check_image_list(h, len(c.payload), MAX_TILED_PIXELS if tile else MAX_UNIT_PIXELS)
+    checksum = F(h, "pixels_sha256", str)
+    if len(checksum) != 16 or any(ch not in "0123456789abcdef" for ch in checksum):
+        raise C.StreamError("corrupt stream: bad pixel checksum")
+    if F(h, "groups", list) or F(h, "seed_codecs", list):
+        raise C.StreamError("corrupt stream: pixel groups with unit groups or a classical seed")
+    if len(c.payload) % 4:
+        raise C.StreamError("corrupt stream: payload is not whole words")
+    steps = F(h, "steps", int, 1, 100000)
+    grid = F(h, "grid_fraction", float, C_MIN_GRID, C_MAX_GRID)
+    images = [ImageRecord(np.zeros((hh, ww, cc), np.uint8), name, mode) for name, mode, hh, ww, cc in h["images"]]
+    try:
+        units = _units(images, gmodel.channels, gmodel.unet.multiple, tile)
+    except C.CodecError as e:
+        raise C.StreamError(f"corrupt stream: {e}")
+    if len(units) != 1 or not LG.supports(gmodel, units[0].pixels.shape):
+        raise C.StreamError("corrupt stream: pixel groups do not match the image")
+    try:
+        coarse, direct = LG.read_group_codes(F(h, "pixel_groups", list), LG.count(units[0].pixels.shape),
+                                             COARSE_GRIDS)
+    except ValueError as e:
+        raise C.StreamError(f"corrupt stream: {e}")
+    try:
+        times = gmodel.schedule.chain(steps)
+    except ValueError as e:
+        raise C.StreamError(f"corrupt stream: its chain does not fit this model ({e})")
+    if _times_hash(times) != h.get("times_sha"):
+        raise C.ModelMismatch("stream's chain times differ from this model's chain")
+    seed = _stream_seed(checksum)
+    words = np.frombuffer(c.payload, dtype="<u4").astype(np.uint32)
+    threads = torch.get_num_threads()
+    want = h.get("threads")
+    if is_uint(want) and 1 <= want <= 1024:
+        torch.set_num_threads(want)
+    try:
+        px, left = LG.decode(words, gmodel, times, grid, seed, c.encrypted, units[0].pixels.shape, coarse, direct)
+    except (BitsBackError, ValueError, ArithmeticError) as e:
+        raise C.StreamError(f"decoding failed ({type(e).__name__}): the stream is damaged or was made "
+                            f"under different conditionals (see the determinism contract)")
+    finally:
+        torch.set_num_threads(threads)
+    if left.size:
+        raise C.StreamError("decoding failed: bits are left over (damaged stream or conditionals that "
+                            "differ from the encoder's)")
+    place_unit(images[units[0].image], units[0], px)
+    if pixel_checksum(images) != checksum:
+        raise C.StreamError("decoded pixels fail the checksum (damaged stream or different conditionals)")
+    if progress:
+        progress(1)
+    return images
+
+
 # ---- decode -------------------------------------------------------------
 def _check_header(h: dict, payload_bytes: int):
     """Types and bounds of every field; a stream without chain groups (the
@@ -394,12 +495,21 @@ def _check_header(h: dict, payload_bytes: int):
         raise C.StreamError("corrupt stream: bad grid list")
 
 
-def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None) -> list[ImageRecord]:
+def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None,
+           groups_model=None) -> list[ImageRecord]:
+    """groups_model: (conditional net, fingerprint) of the model's pixel-group
+    companion, which a stream of one image coded by pixel groups needs."""
     c = C.parse(data)
     if c.mode != "lossless":
         raise C.StreamError("not a lossless stream")
-    C.check_model(c, fingerprint)
     h = {**HEADER_DEFAULTS, **c.header}
+    if "pixel_groups" in c.header:
+        if groups_model is None:
+            raise C.ModelMismatch("stream was coded by pixel groups with a conditional net, and the model "
+                                  "given has none (its *_groups.json companion); pass the right --model")
+        C.check_model(c, groups_model[1])
+        return _decode_pixel_groups(c, h, groups_model[0], progress)
+    C.check_model(c, fingerprint)
     _check_header(h, len(c.payload))
     if len(c.payload) % 4:
         raise C.StreamError("corrupt stream: payload is not whole words")

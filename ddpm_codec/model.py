@@ -64,14 +64,17 @@ class DiffusionModel(nn.Module):
         return self.unet.cfg.in_channels
 
     # ---- network ------------------------------------------------------
-    def eps(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """eps_hat(z_t, t); t is a scalar or a per-image vector of times in [0, 1]."""
+    def eps(self, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """eps_hat(z_t, t); t is a scalar or a per-image vector of times in [0, 1];
+        ``cond``: the conditioning planes of a conditional net (`ddpm_codec.pixel_groups`)."""
         t = torch.as_tensor(t, device=z.device)
         if t.dim() == 0:
             t = t.expand(z.shape[0])
         p = next(self.unet.parameters(), None)
         dtype = p.dtype if p is not None else torch.float64   # parameter-free (closed-form) denoisers
-        return self.unet(z.to(dtype), t.to(torch.float32))
+        if cond is None:
+            return self.unet(z.to(dtype), t.to(torch.float32))
+        return self.unet(z.to(dtype), t.to(torch.float32), cond.to(dtype))
 
     def gamma(self, t, like: torch.Tensor | None = None) -> torch.Tensor:
         """gamma(t) as a float64 tensor, broadcastable to images if `like` is given."""

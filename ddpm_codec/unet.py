@@ -27,9 +27,12 @@ class UNetConfig:
     groups: int = 8
     fourier_n: tuple = ()          # e.g. (7, 8) as in VDM; () disables
     image_size: int = 28
+    cond_channels: int = 0         # conditioning planes added after the input conv (pixel groups)
 
     def to_dict(self):
         d = asdict(self)
+        if not d["cond_channels"]:     # absent for unconditional nets: their fingerprints stay as they were
+            del d["cond_channels"]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
@@ -107,6 +110,11 @@ class UNet(nn.Module):
         self.t_mlp = nn.Sequential(nn.Linear(ch, t_dim), nn.SiLU(), nn.Linear(t_dim, t_dim))
         c_in = cfg.in_channels * (1 + 2 * len(cfg.fourier_n))
         self.conv_in = nn.Conv2d(c_in, ch, 3, padding=1)
+        if cfg.cond_channels:
+            # zero at init: a net fine-tuned from an unconditional one starts as that net
+            self.cond_in = nn.Conv2d(cfg.cond_channels, ch, 3, padding=1)
+            nn.init.zeros_(self.cond_in.weight)
+            nn.init.zeros_(self.cond_in.bias)
         self.down = nn.ModuleList()
         skips = [ch]
         res = cfg.image_size
@@ -152,9 +160,15 @@ class UNet(nn.Module):
             h = b(h, temb) if isinstance(b, ResBlock) else b(h)
         return h
 
-    def forward(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         temb = self.t_mlp(timestep_embedding(t, self.cfg.base_channels))
         h = self.conv_in(fourier_features(z, self.cfg.fourier_n))
+        if self.cfg.cond_channels:
+            if cond is None or cond.shape[1] != self.cfg.cond_channels or cond.shape[2:] != z.shape[2:]:
+                raise ValueError(f"this network needs {self.cfg.cond_channels} conditioning planes the size of z")
+            h = h + self.cond_in(cond.to(h.dtype))
+        elif cond is not None:
+            raise ValueError("this network takes no conditioning planes")
         hs = [h]
         for blocks in self.down:
             h = self._run(blocks, h, temb)

@@ -1,0 +1,196 @@
+"""Lossless coding of one image alone by pixel groups (`ddpm_codec.pixel_groups`).
+
+The image's pixels are cut into groups; group k is coded by its own Bit-Swap
+chain over its dims, with conditionals from a conditional net that sees the
+groups decoded before it.  The encoder codes the groups in reverse decode
+order.  The first one (the smallest, which knows every other pixel) has no
+bits to pop, so it is coded directly, not by bits-back: a discretized
+Gaussian around the net's x0 prediction from the top of the chain (its own
+latent at zero, the rest known), with one scale per group picked from
+`FIRST_SCALES`.  Those bits are real data, so they fund the next group's
+pops instead of PRNG words that would be dead weight (~17 bits per pixel
+of the first group on the coarsest grid, measured, against a few bits per
+pixel of direct-coding excess).  Every later group pops the code of those
+before it; one the stack cannot fund on the main grid steps down to a
+coarser grid, and one it cannot fund even there is coded directly too, so
+no stream carries PRNG bits.  Keystream seed of the n-th group coded:
+stream seed + n.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bitsback import bitswap, pixels as pixel_code
+from bitsback.errors import InsufficientInitialBits
+from bitsback.message import Message
+
+from . import pixel_groups as G
+from .coding_chain import DiffusionChain
+from .model import DiffusionModel
+
+F64 = torch.float64
+COARSE_GRIDS = (0.5, 1.0, 2.0)
+# scales (model units) of the first group's direct code: 1 to 64 pixel levels in
+# half-octave steps; the header stores the index of the one used
+FIRST_SCALES = tuple(2.0 ** (j / 2) / 127.5 for j in range(13))
+
+
+def supports(model: DiffusionModel | None, unit_shape) -> bool:
+    """Whether `model` is a pixel-group net for a unit of this (C, H, W) shape."""
+    if model is None or getattr(model.unet.cfg, "cond_channels", 0) != G.COND_CHANNELS:
+        return False
+    side = model.unet.cfg.image_size
+    return tuple(unit_shape) == (1, side, side)
+
+
+class GroupChain(DiffusionChain):
+    """The diffusion chain over one group's dims given the known pixels.
+
+    Latents are (1, group size) arrays; each network call builds the
+    full-size input (`pixel_groups.network_input`) and reads eps back at the
+    group's dims."""
+
+    def __init__(self, model, times, grid_fraction, groups: np.ndarray, k: int, pixels: np.ndarray):
+        super().__init__(model, times, grid_fraction)
+        self.h, self.w = groups.shape
+        self.flat = np.flatnonzero(groups.reshape(-1) == k)
+        x = torch.from_numpy(pixels.reshape(1, 1, self.h, self.w).astype(np.float64) / 127.5 - 1.0)
+        g = torch.from_numpy(groups).view(1, 1, self.h, self.w)
+        self.known, self.target = G.masks(g, torch.tensor([k]))
+        self.x = torch.where(self.known, x, torch.zeros_like(x))
+
+    def _net(self, z: np.ndarray, t) -> torch.Tensor:
+        import time
+        t0 = time.perf_counter()
+        z_full = torch.zeros(self.h * self.w, dtype=F64)
+        z_full[torch.from_numpy(self.flat)] = torch.from_numpy(np.asarray(z, np.float64).reshape(-1))
+        gam = self.model.gamma(torch.as_tensor(t, dtype=F64))
+        alpha = torch.sigmoid(-gam).sqrt()
+        canvas, cond = G.network_input(z_full.view(1, 1, self.h, self.w), self.x, self.known, self.target, alpha)
+        with torch.no_grad():
+            eps = self.model.eps(canvas, t, cond).to("cpu", F64)
+        self.network_seconds += time.perf_counter() - t0
+        self.network_calls += 1
+        return eps.reshape(1, -1)[:, torch.from_numpy(self.flat)]
+
+    def direct_mean(self) -> np.ndarray:
+        """The net's x0 prediction for the group from the top of the chain with
+        its latent at zero (the marginal's centre): close to E[x | known]."""
+        z = np.zeros((1, self.flat.size))
+        eps = self._net(z, self.times[-1]).numpy()
+        a, s = (float(v) for v in (torch.sigmoid(-self.gam[-1]).sqrt(), torch.sigmoid(self.gam[-1]).sqrt()))
+        return np.clip(-s / a * eps, -1.0, 1.0)
+
+
+class GroupResult:
+    def __init__(self):
+        self.words = None            # stack words, bottom first
+        self.direct = []             # [n-th coded group, index into FIRST_SCALES] of groups coded directly
+        self.direct_bits = 0         # bits of those direct codes
+        self.coarse = []             # [n-th coded group, grid]
+        self.ideal_net_bits = 0.0
+        self.network_s = 0.0
+
+
+def _push_direct(msg: Message, x: np.ndarray, chain: GroupChain) -> tuple[Message, int, int]:
+    """(stream, scale index, bits): x pushed under the best of FIRST_SCALES."""
+    mean = chain.direct_mean()
+    best = None
+    for j, scale in enumerate(FIRST_SCALES):
+        m = msg.copy()
+        pixel_code.push(m, x, mean, np.full(mean.shape, scale))
+        if best is None or m.num_bits() < best[0].num_bits():
+            best = (m, j)
+    return best[0], best[1], best[0].num_bits() - msg.num_bits()
+
+
+def encode(unit: np.ndarray, model: DiffusionModel, times, grid: float, seed: int, encrypt: bool,
+           progress=None) -> GroupResult:
+    """Code a (1, H, W) uint8 unit; the groups in reverse decode order.  A
+    group the stack cannot fund even on the coarsest grid (the first one
+    always) is coded directly instead."""
+    pixels = unit.reshape(unit.shape[-2:])
+    groups = G.group_index(*pixels.shape)
+    K = int(groups.max()) + 1
+    res = GroupResult()
+    msg = Message.empty()
+    for n, k in enumerate(range(K - 1, -1, -1)):
+        x = pixels.reshape(1, -1)[:, np.flatnonzero(groups.reshape(-1) == k)]
+        new = None
+        for g in (grid, *[c for c in COARSE_GRIDS if c > grid]) if n else ():
+            c = GroupChain(model, times, g, groups, k, pixels)
+            try:
+                new, st = bitswap.encode(x, c, msg, seed=seed + n, encrypt=encrypt,
+                                         initial=np.zeros(0, np.uint32))
+            except InsufficientInitialBits:
+                continue
+            finally:
+                res.network_s += c.network_seconds
+            if g != grid:
+                res.coarse.append([n, g])
+            res.ideal_net_bits += st.ideal_net_bits
+            break
+        if new is None:
+            c = GroupChain(model, times, grid, groups, k, pixels)
+            new, j, bits = _push_direct(msg, x, c)
+            res.network_s += c.network_seconds
+            res.direct.append([n, j])
+            res.direct_bits += bits
+            res.ideal_net_bits += bits
+        msg = new
+        if progress:
+            progress(1)
+    res.words = msg.words()
+    return res
+
+
+def group_codes(res: GroupResult, n_groups: int, grids) -> list[int]:
+    """One small int per group in coding order, the header's record of how each
+    was coded: 0 the main grid, 1 + i coarse grid i, 1 + len(grids) + j directly
+    with FIRST_SCALES[j] (one byte each)."""
+    codes = [0] * n_groups
+    for n, g in res.coarse:
+        codes[n] = 1 + grids.index(g)
+    for n, j in res.direct:
+        codes[n] = 1 + len(grids) + j
+    return codes
+
+
+def read_group_codes(codes, n_groups: int, grids) -> tuple[dict, dict]:
+    """Inverse of `group_codes`: ({n: grid}, {n: scale index}); ValueError if malformed."""
+    if not (isinstance(codes, list) and len(codes) == n_groups and
+            all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 + len(grids) + len(FIRST_SCALES)
+                for v in codes)) or codes[0] <= len(grids):
+        raise ValueError("bad pixel-group codes")
+    coarse = {n: grids[v - 1] for n, v in enumerate(codes) if 1 <= v <= len(grids)}
+    direct = {n: v - 1 - len(grids) for n, v in enumerate(codes) if v > len(grids)}
+    return coarse, direct
+
+
+def decode(words: np.ndarray, model: DiffusionModel, times, grid: float, seed: int, encrypt: bool,
+           shape, coarse: dict, direct: dict, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of `encode`: (unit (1, H, W) uint8, the words left: none in a sound stream)."""
+    h, w = shape[-2:]
+    groups = G.group_index(h, w)
+    K = int(groups.max()) + 1
+    pixels = np.zeros((h, w), np.uint8)
+    msg = Message.from_words(words)
+    for k in range(K):
+        n = K - 1 - k
+        flat = np.flatnonzero(groups.reshape(-1) == k)
+        c = GroupChain(model, times, coarse.get(n, grid), groups, k, pixels)
+        if n in direct:
+            mean = c.direct_mean()
+            x, _ = pixel_code.pop(msg, mean, np.full(mean.shape, FIRST_SCALES[direct[n]]), (1, flat.size))
+        else:
+            x, msg = bitswap.decode(msg, c, (1, flat.size), seed=seed + n, encrypt=encrypt, expect_initial=None)
+        pixels.reshape(-1)[flat] = x.reshape(-1)
+        if progress:
+            progress(1)
+    return pixels.reshape(1, h, w), msg.words()
+
+
+def count(unit_shape) -> int:
+    return len(G.group_sizes(int(np.prod(unit_shape[-2:]))))
+

@@ -1,0 +1,171 @@
+"""Fine-tune a conditional net for pixel-group coding from an unconditional model.
+
+    python -m ddpm_codec.train_groups --out DIR [--base default] [--steps N] ...
+
+The net starts as the base model (its conditioning conv is zero), keeps the
+base's schedule, chain times and reverse-variance table, and learns the
+objective the group codec pays: the sum over groups of each group's
+continuous-time diffusion loss given the groups decoded before it (VDM eq.
+17 restricted to the group's dims).  A group is drawn per image with
+probability proportional to its size and its loss averaged over its dims, an
+unbiased estimate of that sum per dim.  Checkpoints (model + optimizer + EMA)
+every few minutes; rerunning the command resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import diffusion as D
+from . import pixel_groups as G
+from .checkpoint import load_model, save_model
+from .data import load_fashion_mnist
+from .ema import EMA
+from .likelihood import pixels_to_model
+from .model import DiffusionModel
+
+LOG2 = math.log(2.0)
+
+
+def conditional_from(base: DiffusionModel) -> DiffusionModel:
+    """The base model with a zero conditioning conv: the same eps at init."""
+    cfg = json.loads(json.dumps(base.config()))
+    cfg["unet"]["cond_channels"] = G.COND_CHANNELS
+    model = DiffusionModel.from_config(cfg)
+    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("unet.cond_in") for k in missing), (missing, unexpected)
+    return model
+
+
+def group_loss(model: DiffusionModel, x: torch.Tensor, groups: torch.Tensor, target: torch.Tensor,
+               t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Per-image diffusion loss (bits per target dim) of each image's target group."""
+    sch = model.schedule
+    t = t.detach().requires_grad_(True)
+    g = sch.gamma(t)
+    (dg,) = torch.autograd.grad(g.sum(), t, create_graph=False)
+    g = g.detach().view(-1, 1, 1, 1).to(x.dtype)
+    known, tgt = G.masks(groups, target)
+    alpha = torch.sigmoid(-g).sqrt()
+    z = D.q_sample(x, g, eps)
+    canvas, cond = G.network_input(z, x, known, tgt, alpha)
+    eps_hat = model.eps(canvas, t.detach(), cond)
+    tf = tgt.to(x.dtype)
+    mse = (((eps - eps_hat) ** 2) * tf).flatten(1).sum(1) / tf.flatten(1).sum(1)
+    return 0.5 * dg.detach().to(x.dtype) * mse / LOG2
+
+
+def draw_targets(sizes: list[int], n: int, gen: torch.Generator) -> torch.Tensor:
+    p = torch.tensor(sizes, dtype=torch.float64)
+    return torch.multinomial(p / p.sum(), n, replacement=True, generator=gen)
+
+
+@torch.no_grad()
+def evaluate(model, x, groups, sizes, seed=0) -> float:
+    """Mean diffusion bits/dim over all groups of the images (fixed noise and
+    times: comparable across checkpoints)."""
+    gen = torch.Generator().manual_seed(seed)
+    total = torch.zeros(x.shape[0], dtype=torch.float64)
+    dims = sum(sizes)
+    for k, s in enumerate(sizes):
+        t = (torch.arange(x.shape[0]) + torch.rand(x.shape[0], generator=gen)) / x.shape[0]
+        t = t[torch.randperm(x.shape[0], generator=gen)]
+        eps = torch.randn(x.shape, generator=gen)
+        with torch.enable_grad():
+            b = group_loss(model, x, groups, torch.full((x.shape[0],), k), t, eps)
+        total += b.double() * s / dims
+    return float(total.mean())
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--base", default="default")
+    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--ema-decay", type=float, default=0.999)
+    ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--eval-n", type=int, default=256)
+    ap.add_argument("--ckpt-minutes", type=float, default=4.0)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    base, meta = load_model(args.base)
+    model = conditional_from(base).train()
+    for p in model.schedule.parameters():
+        p.requires_grad_(False)
+    params = [p for p in model.unet.parameters()]
+    opt = torch.optim.Adam(params, lr=args.lr)
+    ema = EMA(model, args.ema_decay)
+    step = 0
+    state = out / "state.pt"
+    if state.exists():
+        s = torch.load(state, weights_only=False)
+        model.load_state_dict(s["model"])
+        ema.model.load_state_dict(s["ema"])
+        opt.load_state_dict(s["opt"])
+        step = s["step"]
+        print(f"resumed at step {step}", flush=True)
+    train = torch.from_numpy(load_fashion_mnist("train")).reshape(-1, 1, 28, 28)
+    test = torch.from_numpy(load_fashion_mnist("test")[:args.eval_n]).reshape(-1, 1, 28, 28)
+    xt = pixels_to_model(test, torch.float32)
+    groups = torch.from_numpy(G.group_index(28, 28)).view(1, 1, 28, 28)
+    sizes = G.group_sizes(28 * 28)
+    gen = torch.Generator().manual_seed(args.seed * 1000 + step)
+    log = open(out / "log.jsonl", "a")
+    if step == 0:
+        e0 = evaluate(ema.model, xt, groups, sizes)
+        print(f"step 0 eval diffusion bpd {e0:.4f}", flush=True)
+        log.write(json.dumps({"step": 0, "eval_bpd": e0}) + "\n")
+    t_ckpt = time.time()
+    t0, run = time.time(), []
+    while step < args.steps:
+        idx = torch.randint(0, train.shape[0], (args.batch_size,), generator=gen)
+        x = pixels_to_model(train[idx], torch.float32)
+        target = draw_targets(sizes, args.batch_size, gen)
+        t = (torch.arange(args.batch_size) + torch.rand(1, generator=gen)) / args.batch_size
+        eps = torch.randn(x.shape, generator=gen)
+        loss = group_loss(model, x, groups, target, t, eps)
+        # per-dim weight: a group drawn with p ~ size, averaged over its dims
+        lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.5 + 0.5 * math.cos(math.pi * step / args.steps))
+        for pg in opt.param_groups:
+            pg["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.mean().backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        ema.update(model, step)
+        run.append(float(loss.mean()))
+        if step % 50 == 0:
+            print(f"step {step} loss {np.mean(run):.4f} {(time.time() - t0) / len(run):.3f}s/step", flush=True)
+            log.write(json.dumps({"step": step, "train_bpd": float(np.mean(run)), "lr": lr}) + "\n")
+            log.flush()
+            t0, run = time.time(), []
+        if step % args.eval_every == 0 or step == args.steps:
+            e = evaluate(ema.model, xt, groups, sizes)
+            print(f"step {step} eval diffusion bpd {e:.4f}", flush=True)
+            log.write(json.dumps({"step": step, "eval_bpd": e}) + "\n")
+            log.flush()
+        if time.time() - t_ckpt > 60 * args.ckpt_minutes or step == args.steps:
+            torch.save({"model": model.state_dict(), "ema": ema.model.state_dict(), "opt": opt.state_dict(),
+                        "step": step}, out / "state.tmp")
+            (out / "state.tmp").replace(state)
+            save_model(ema.model, out / "model", {"step": step, "base_fingerprint": meta["fingerprint"],
+                                                  "note": "EMA weights, pixel-group conditional net",
+                                                  "train": vars(args)})
+            t_ckpt = time.time()
+
+
+if __name__ == "__main__":
+    main()
