@@ -164,11 +164,12 @@ def bench(split, data, n, steps, single, model_path, json_path, md_path, classic
     import json as _json
     import torch
     from ddpm_codec import bench as B
-    from ddpm_codec.checkpoint import load_model
+    from ddpm_codec.checkpoint import load_companion, load_model
     from ddpm_codec.data import load_dataset
     from ddpm_codec.imageio import atomic_write_bytes
 
     model, meta = load_model(model_path)
+    groups_model = load_companion(model_path, meta["fingerprint"]) if single else None
     images = load_dataset(data, split, n=n)
     try:
         step_list = [int(s) for s in steps.split(",") if s.strip()]
@@ -183,7 +184,8 @@ def bench(split, data, n, steps, single, model_path, json_path, md_path, classic
                    f"  file {r['file_bpd']:.4f} ({r['file_gap_pct']:+.3f}%)  bits/dim, D = {r['dims']}", err=True)
         if single:
             with torch.no_grad():
-                singles.append(B.single_image_record(model, meta["fingerprint"], images[:single], st))
+                singles.append(B.single_image_record(model, meta["fingerprint"], images[:single], st,
+                                                     groups_model))
     cl = B.classical_records(images) if classical else []
     table = B.markdown(records, cl)
     if singles:

@@ -115,38 +115,60 @@ def single_markdown(singles: list[dict]) -> str:
     if not singles:
         return ""
     codecs = list(singles[0]["classical_per_image"])
-    lines = ["| T_eval | images | file (alone) | PRNG-seeded chain | -VLB | " + " | ".join(codecs) + " |",
-             "|---|---|---|---|---|" + "---|" * len(codecs)]
+    groups = "mean_pixel_groups_bpd" in singles[0]
+    lines = ["| T_eval | images | file (alone) | " + ("pixel groups | " if groups else "") +
+             "PRNG-seeded chain | -VLB | " + " | ".join(codecs) + " |",
+             "|---|---|---|" + ("---|" if groups else "") + "---|---|" + "---|" * len(codecs)]
     for r in singles:
         cl = " | ".join(f"{r['classical_per_image'][c]:.3f}" for c in codecs)
-        lines.append(f"| {r['t_eval']} | {r['n_images']} | {r['mean_per_image']:.3f} | "
+        g = f"{r['mean_pixel_groups_bpd']:.3f} | " if groups else ""
+        lines.append(f"| {r['t_eval']} | {r['n_images']} | {r['mean_per_image']:.3f} | {g}"
                      f"{r['mean_random_chain_bpd']:.3f} | {r['mean_neg_vlb_bpd']:.3f} | {cl} |")
     return "\n".join(lines)
 
 
-def single_image_record(model, fingerprint, images: np.ndarray, steps: int) -> dict:
-    """Each image compressed alone (its own file): what the codec writes, the
-    PRNG-seeded chain it weighed against the classical fallback, the image's
-    -VLB, and PNG / WebP / JPEG XL on that image alone."""
+def single_image_record(model, fingerprint, images: np.ndarray, steps: int, groups_model=None) -> dict:
+    """Each image compressed alone (its own file, no name): what the codec
+    writes (checked to decode exactly), the PRNG-seeded chain and, with a
+    pixel-group net, the pixel-group stream it weighed against the classical
+    fallback, the image's -VLB, and PNG / WebP / JPEG XL on that image alone."""
     from . import classical
     times = model.schedule.chain(steps)
     out = {"t_eval": int(steps), "n_images": len(images), "per_image": [], "random_chain_bpd": [],
-           "neg_vlb_bpd": [], "chosen": [], "classical_per_image": {}}
+           "neg_vlb_bpd": [], "chosen": [], "classical_per_image": {}, "encode_s": [], "decode_s": []}
+    if groups_model is not None:
+        out.update({"pixel_groups_bpd": [], "pixel_groups_ideal_bpd": [], "pixel_groups_direct_bits": []})
     for n, a in enumerate(images):
         rec = lossless.ImageRecord(a.transpose(1, 2, 0).copy(), "", "L" if a.shape[0] == 1 else "RGB")
-        data, rep = lossless.encode([rec], model, fingerprint, steps=steps)    # weighs both seed modes
+        t0 = time.perf_counter()
+        data, rep = lossless.encode([rec], model, fingerprint, steps=steps, groups_model=groups_model)
+        t1 = time.perf_counter()
+        back = lossless.decode(data, model, fingerprint, groups_model=groups_model)[0].pixels
+        out["decode_s"].append(time.perf_counter() - t1)
+        out["encode_s"].append(t1 - t0)
+        if not np.array_equal(back, rec.pixels):
+            raise RuntimeError(f"image {n} alone did not round-trip")
         classical_only = rep.chain_dims == 0
         out["per_image"].append(8 * len(data) / a.size)
-        out["random_chain_bpd"].append(8 * (rep.rejected_bytes if classical_only else len(data)) / a.size)
-        out["chosen"].append("classical seed only" if classical_only else "chain")
+        out["chosen"].append("pixel groups" if rep.pixel_groups else
+                             "classical seed only" if classical_only else "chain")
+        if groups_model is not None:
+            g, grep = lossless._encode_pixel_groups([rec], *groups_model, steps, lossless.DEFAULT_GRID, True, 0)
+            out["pixel_groups_bpd"].append(8 * len(g) / a.size)
+            out["pixel_groups_ideal_bpd"].append(grep.ideal_net_bits / a.size)
+            out["pixel_groups_direct_bits"].append(grep.seed_bits)
+        r, _ = lossless.encode([rec], model, fingerprint, steps=steps, seed_mode="random")
+        out["random_chain_bpd"].append(8 * len(r) / a.size)
         t = chain_terms(model, torch.from_numpy(a[None].copy()), times, torch.Generator().manual_seed(n))
         out["neg_vlb_bpd"].append(float(t.total.sum()) / a.size)
     for codec in classical.LOSSLESS_CODECS:
         if classical.codec_status(codec)[0]:
             out["classical_per_image"][codec] = classical.lossless_bits_per_dim(
                 codec, images, layout="per_image").bits_per_dim
-    for key in ("per_image", "random_chain_bpd", "neg_vlb_bpd"):
-        out[f"mean_{key}"] = float(np.mean(out[key]))
+    for key in ("per_image", "random_chain_bpd", "neg_vlb_bpd", "pixel_groups_bpd", "pixel_groups_ideal_bpd",
+                "encode_s", "decode_s"):
+        if key in out:
+            out[f"mean_{key}"] = float(np.mean(out[key]))
     out["single_image_file_bpd"] = out["mean_per_image"]
     return out
 

@@ -121,6 +121,7 @@ COARSE_GRIDS = (0.5, 1.0, 2.0)
 SEED_EXCESS_SHARE = 0.25
 MIN_GRID, MAX_GRID = 0.05, 2.0   # main grid fractions the encoder accepts
 C_MIN_GRID, C_MAX_GRID = 1e-6, 1e3  # what a decoder accepts from a header
+GROUP_STEPS = 100     # T_eval a pixel-group stream leaves out of its header (the default model's)
 TILE_CHOICES = ("auto", "always", "never")
 # "auto": a stream with this many whole-plane units or more keeps whole planes; a
 # smaller one (one image, say) tries every layout below and keeps the smallest stream.
@@ -180,10 +181,11 @@ def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, s
         args = (images, model, fingerprint, steps, float(grid_fraction), encrypt, max_group, tile)
         if seed_mode == "classical" and count_units(images, model.channels, tile) == 1:
             tried.append(_Encoder(*args, progress, "classical").run())
-            tried.append(_Encoder(*args, None, "random").run())
             if groups_model is not None and \
                     LG.supports(groups_model[0], _units(images, model.channels, model.unet.multiple, tile)[0][2].shape):
                 tried.append(_encode_pixel_groups(images, *groups_model, steps, float(grid_fraction), encrypt, tile))
+            else:     # a PRNG-seeded chain: dead weight, rarely smaller, but pixel groups always are
+                tried.append(_Encoder(*args, None, "random").run())
         else:
             tried.append(_Encoder(*args, progress, seed_mode).run())
         progress = None                  # the bar follows the first option only
@@ -377,13 +379,19 @@ def _encode_pixel_groups(images, gmodel, gfp, steps, grid, encrypt, tile) -> tup
     checksum = pixel_checksum(images)
     seed = _stream_seed(checksum)
     times = gmodel.schedule.chain(steps)
-    res = LG.encode(unit.pixels, gmodel, times, grid, seed, encrypt)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)       # always one thread: batch-1 calls gain little from more, and the header need not say
+    try:
+        res = LG.encode(unit.pixels, gmodel, times, grid, seed, encrypt)
+    finally:
+        torch.set_num_threads(threads)
     header = {
-        "pixel_groups": LG.group_codes(res, LG.count(unit.pixels.shape), COARSE_GRIDS),
+        "pixel_groups": LG.group_codes(res, LG.count(unit.pixels.shape), LG.COARSE_GRIDS),
         "images": [[im.name, im.mode, *map(int, im.pixels.shape)] for im in images],
         "pixels_sha256": checksum, "tile": tile, "steps": int(steps), "times_sha": _times_hash(times),
-        "grid_fraction": grid, "determinism": torch_digest(), "threads": torch.get_num_threads()}
-    header = {k: v for k, v in header.items() if k not in HEADER_DEFAULTS or v != HEADER_DEFAULTS[k]}
+        "grid_fraction": grid, "determinism": torch_digest()}
+    header = {k: v for k, v in header.items() if (k not in HEADER_DEFAULTS or v != HEADER_DEFAULTS[k])
+              and not (k == "steps" and v == GROUP_STEPS)}
     data = C.pack(C.Container("lossless", gfp, header, res.words.astype("<u4").tobytes(), encrypt))
     rep = EncodeReport(file_bytes=len(data), dims=int(sum(im.pixels.size for im in images)), tile=tile, units=1)
     rep.seed_bits = res.direct_bits           # the groups coded directly (the first one at least)
@@ -409,7 +417,7 @@ def _decode_pixel_groups(c, h, gmodel, progress) -> list[ImageRecord]:
         raise C.StreamError("corrupt stream: pixel groups with unit groups or a classical seed")
     if len(c.payload) % 4:
         raise C.StreamError("corrupt stream: payload is not whole words")
-    steps = F(h, "steps", int, 1, 100000)
+    steps = F({"steps": GROUP_STEPS, **h}, "steps", int, 1, 100000)
     grid = F(h, "grid_fraction", float, C_MIN_GRID, C_MAX_GRID)
     images = [ImageRecord(np.zeros((hh, ww, cc), np.uint8), name, mode) for name, mode, hh, ww, cc in h["images"]]
     try:
@@ -420,7 +428,7 @@ def _decode_pixel_groups(c, h, gmodel, progress) -> list[ImageRecord]:
         raise C.StreamError("corrupt stream: pixel groups do not match the image")
     try:
         coarse, direct = LG.read_group_codes(F(h, "pixel_groups", list), LG.count(units[0].pixels.shape),
-                                             COARSE_GRIDS)
+                                             LG.COARSE_GRIDS)
     except ValueError as e:
         raise C.StreamError(f"corrupt stream: {e}")
     try:
@@ -432,9 +440,7 @@ def _decode_pixel_groups(c, h, gmodel, progress) -> list[ImageRecord]:
     seed = _stream_seed(checksum)
     words = np.frombuffer(c.payload, dtype="<u4").astype(np.uint32)
     threads = torch.get_num_threads()
-    want = h.get("threads")
-    if is_uint(want) and 1 <= want <= 1024:
-        torch.set_num_threads(want)
+    torch.set_num_threads(1)
     try:
         px, left = LG.decode(words, gmodel, times, grid, seed, c.encrypted, units[0].pixels.shape, coarse, direct)
     except (BitsBackError, ValueError, ArithmeticError) as e:

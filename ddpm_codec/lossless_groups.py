@@ -12,7 +12,7 @@ pops instead of PRNG words that would be dead weight (~17 bits per pixel
 of the first group on the coarsest grid, measured, against a few bits per
 pixel of direct-coding excess).  Every later group pops the code of those
 before it; one the stack cannot fund on the main grid steps down to a
-coarser grid, and one it cannot fund even there is coded directly too, so
+coarser grid (to g = 4), and one it cannot fund even there is coded directly too, so
 no stream carries PRNG bits.  Keystream seed of the n-th group coded:
 stream seed + n.
 """
@@ -30,7 +30,9 @@ from .coding_chain import DiffusionChain
 from .model import DiffusionModel
 
 F64 = torch.float64
-COARSE_GRIDS = (0.5, 1.0, 2.0)
+# grids a group falls back to while the stack is short: coarser than the unit codec's
+# (0.5, 1, 2), since even a coarse chain codes a group for far less than its direct code
+COARSE_GRIDS = (0.5, 1.0, 2.0, 4.0)
 # scales (model units) of the first group's direct code: 1 to 64 pixel levels in
 # half-octave steps; the header stores the index of the one used
 FIRST_SCALES = tuple(2.0 ** (j / 2) / 127.5 for j in range(13))

@@ -61,6 +61,61 @@ def group_loss(model: DiffusionModel, x: torch.Tensor, groups: torch.Tensor, tar
     return 0.5 * dg.detach().to(x.dtype) * mse / LOG2
 
 
+@torch.no_grad()
+def group_eps_error(model: DiffusionModel, pixels: torch.Tensor, grid: int = 100, bins: int = 16,
+                    seed: int = 0, progress=None) -> np.ndarray:
+    """The reverse-variance table (`DiffusionModel.set_eps_error`) refitted for
+    the group chains: per-dim E|eps - eps_hat|^2 on each group's own dims given
+    the groups before it, pooled over the groups, per bin of the predicted x0,
+    at t = 0, 1/grid, ..., 1 (common random numbers across t).  Why: the base
+    model's table measures the joint net's error; given known pixels the error
+    is smaller, and a variance sized for the larger error costs rate."""
+    from .chain_times import per_dim_table
+    from .model import x0_bins
+    x = pixels_to_model(torch.as_tensor(pixels), torch.float32)
+    groups = torch.from_numpy(G.group_index(*x.shape[-2:])).view(1, 1, *x.shape[-2:])
+    gen = torch.Generator().manual_seed(seed)
+    eps = torch.randn(x.shape, generator=gen)
+    K = int(groups.max()) + 1
+    m, n = np.zeros((grid + 1, bins)), np.zeros((grid + 1, bins))
+    for j, t in enumerate(np.linspace(0.0, 1.0, grid + 1)):
+        tt = torch.tensor(float(t), dtype=torch.float64)
+        g = model.gamma(tt).float()
+        z = D.q_sample(x, g, eps)
+        for k in range(K):
+            known, tgt = G.masks(groups, torch.full((x.shape[0],), k))
+            canvas, cond = G.network_input(z, x, known, tgt, torch.sigmoid(-g).sqrt())
+            e = model.eps(canvas, tt, cond)
+            sel = tgt.expand_as(x).flatten()
+            sq = ((eps - e) ** 2).double().flatten()[sel]
+            b = x0_bins(D.predict_x0(z.double(), e.double(), g.double()), bins).flatten()[sel]
+            m[j] += torch.bincount(b, sq, bins).numpy()
+            n[j] += torch.bincount(b, minlength=bins).double().numpy()
+        if progress:
+            progress(1)
+    e = per_dim_table(m / x.shape[0], n / x.shape[0])
+    return np.vectorize(lambda v: float(f"{v:.6g}"))(e)
+
+
+def export(state_dir: Path, out: Path, base: str = "default", n_images: int = 128, grid: int = 100) -> str:
+    """Write the companion OUT.{safetensors,json}: the EMA weights of a run with
+    its reverse-variance table refitted on training images; returns its fingerprint."""
+    base_model, meta = load_model(base)
+    model = conditional_from(base_model)
+    s = torch.load(state_dir / "state.pt", weights_only=False)
+    model.load_state_dict(s["ema"])
+    model.eval()
+    train = torch.from_numpy(load_fashion_mnist("train")[:n_images]).reshape(-1, 1, 28, 28)
+    table = group_eps_error(model, train, grid=grid)
+    model.set_eps_error(table)
+    log = [json.loads(line) for line in open(state_dir / "log.jsonl")]
+    evals = [r for r in log if "eval_bpd" in r]
+    return save_model(model, out, {"base_fingerprint": meta["fingerprint"], "step": s["step"],
+                                   "note": "EMA weights, pixel-group conditional net (ddpm_codec.train_groups)",
+                                   "eps_error_fit": {"n_images": n_images, "grid": grid, "data": "fashion_mnist"},
+                                   "eval": evals[-1] if evals else None})
+
+
 def draw_targets(sizes: list[int], n: int, gen: torch.Generator) -> torch.Tensor:
     p = torch.tensor(sizes, dtype=torch.float64)
     return torch.multinomial(p / p.sum(), n, replacement=True, generator=gen)
@@ -96,8 +151,13 @@ def main(argv=None):
     ap.add_argument("--eval-n", type=int, default=256)
     ap.add_argument("--ckpt-minutes", type=float, default=4.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--export", default=None, help="write the companion model here from --out's run and stop")
     args = ap.parse_args(argv)
     out = Path(args.out)
+    if args.export:
+        fp = export(out, Path(args.export), args.base)
+        print(f"exported {args.export} (fingerprint {fp[:16]})")
+        return
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     base, meta = load_model(args.base)
