@@ -388,8 +388,8 @@ def _encode_pixel_groups(images, gmodel, gfp, steps, grid, encrypt, tile) -> tup
     header = {
         "pixel_groups": LG.group_codes(res, LG.count(unit.pixels.shape), LG.COARSE_GRIDS),
         "images": [[im.name, im.mode, *map(int, im.pixels.shape)] for im in images],
-        "pixels_sha256": checksum, "tile": tile, "steps": int(steps), "times_sha": _times_hash(times),
-        "grid_fraction": grid, "determinism": torch_digest()}
+        "pixels_sha256": checksum, "tile": tile, "steps": int(steps), "grid_fraction": grid,
+        "determinism": torch_digest()}
     header = {k: v for k, v in header.items() if (k not in HEADER_DEFAULTS or v != HEADER_DEFAULTS[k])
               and not (k == "steps" and v == GROUP_STEPS)}
     data = C.pack(C.Container("lossless", gfp, header, res.words.astype("<u4").tobytes(), encrypt))
@@ -399,7 +399,7 @@ def _encode_pixel_groups(images, gmodel, gfp, steps, grid, encrypt, tile) -> tup
     rep.chain_dims = int(unit.pixels.size)
     rep.ideal_net_bits = res.ideal_net_bits
     rep.ideal_bits_by_image = {unit.image: rep.ideal_net_bits}
-    rep.pixel_groups = len(header["pixel_groups"])
+    rep.pixel_groups = LG.count(unit.pixels.shape)
     rep.coarse = res.coarse
     rep.network_s = res.network_s
     rep.total_s = time.perf_counter() - t_start
@@ -427,7 +427,7 @@ def _decode_pixel_groups(c, h, gmodel, progress) -> list[ImageRecord]:
     if len(units) != 1 or not LG.supports(gmodel, units[0].pixels.shape):
         raise C.StreamError("corrupt stream: pixel groups do not match the image")
     try:
-        coarse, direct = LG.read_group_codes(F(h, "pixel_groups", list), LG.count(units[0].pixels.shape),
+        coarse, direct = LG.read_group_codes(F(h, "pixel_groups", str), LG.count(units[0].pixels.shape),
                                              LG.COARSE_GRIDS)
     except ValueError as e:
         raise C.StreamError(f"corrupt stream: {e}")
@@ -435,8 +435,6 @@ def _decode_pixel_groups(c, h, gmodel, progress) -> list[ImageRecord]:
         times = gmodel.schedule.chain(steps)
     except ValueError as e:
         raise C.StreamError(f"corrupt stream: its chain does not fit this model ({e})")
-    if _times_hash(times) != h.get("times_sha"):
-        raise C.ModelMismatch("stream's chain times differ from this model's chain")
     seed = _stream_seed(checksum)
     words = np.frombuffer(c.payload, dtype="<u4").astype(np.uint32)
     threads = torch.get_num_threads()
