@@ -3,9 +3,10 @@
     OMP_NUM_THREADS=1 python benchmarks/fuzz_streams.py --cases 2000 --seconds 600
 
 Corpus: small valid streams made with a tiny untrained model (`configs`
-'tiny', fixed seed): lossless (one grey image; grey + RGB; two images of one
-shape; without encryption; one 33x30 image as 2 x 2 tiles) and, when the lossy codec can make one, a lossy
-stream.  Every case is one mutation of a corpus stream (or fresh bytes):
+'tiny', fixed seed, and its pixel-group companion): lossless (one grey image;
+grey + RGB; two images of one shape; without encryption; one 33x30 image as
+2 x 2 tiles; one 28x28 image as pixel groups) and, when the lossy codec can
+make one, a lossy stream.  Every case is one mutation of a corpus stream (or fresh bytes):
 
 - byte level, CRCs left broken: bit flips, truncation, insertion, deletion,
   duplicated ranges, splices of two streams, random bytes (with and without
@@ -58,8 +59,12 @@ def make_model(path: Path):
     from ddpm_codec.checkpoint import save_model
     from ddpm_codec.configs import get_config
     from ddpm_codec.model import DiffusionModel
+    from ddpm_codec.train_groups import conditional_from
     torch.manual_seed(0)
-    save_model(DiffusionModel.from_config(get_config("tiny")), path)
+    base = DiffusionModel.from_config(get_config("tiny"))
+    fp = save_model(base, path)
+    # its (untrained) pixel-group companion, so the corpus holds a pixel-group stream
+    save_model(conditional_from(base), path.with_name(path.name + "_groups"), {"base_fingerprint": fp})
     return path
 
 
@@ -81,6 +86,12 @@ def make_corpus(model_path: Path, lossy: bool = True):
         data, _ = codec.compress(imgs, steps=kw.get("steps", 2), encrypt=kw.get("encrypt", True),
                                  tiles=kw.get("tiles", "auto"))
         out.append((name, data, parse(data).header["pixels_sha256"]))
+    if codec.groups is not None:        # one 28x28 image as pixel groups (forced: untrained, it is larger)
+        from ddpm_codec import lossless
+        from ddpm_codec.units import ImageRecord
+        px = rng.integers(0, 256, (28, 28, 1), dtype=np.uint8)
+        data, _ = lossless._encode_pixel_groups([ImageRecord(px, "g.png", "L")], *codec.groups, 2, 0.25, True, 0)
+        out.append(("pixel groups", data, parse(data).header["pixels_sha256"]))
     try:
         if not lossy:
             return out
