@@ -135,7 +135,7 @@ def test_direct_code_costs_what_the_discretized_gaussian_says(cond_model):
         return -np.log2(np.maximum(hi - lo, 2.0 ** -24)).sum()
 
     ideal = code_bits(chain.direct_scales(j, spread))
-    best = min(code_bits(chain.direct_scales(i, spread)) for i in range(len(LG.FIRST_SCALES)))
+    best = min(code_bits(chain.direct_scales(i, spread)) for i in range(len(LG.DIRECT_FACTORS)))
     assert ideal <= best + 2.0          # the scale picked is the best one (by real, not ideal, bits)
     assert abs(bits - ideal) < 0.02 * ideal + 64
 
