@@ -431,6 +431,9 @@ def _decode_pixel_groups(c, h, gmodel, progress) -> list[ImageRecord]:
                                              LG.COARSE_GRIDS)
     except ValueError as e:
         raise C.StreamError(f"corrupt stream: {e}")
+    work = steps * LG.count(units[0].pixels.shape) * (units[0].pixels.size + WORK_PER_GROUP)
+    if work > max(MIN_WORK, WORK_PER_PAYLOAD_BIT * 8 * len(c.payload)):
+        raise C.StreamError("corrupt stream: the header asks for more decoding work than its payload justifies")
     try:
         times = gmodel.schedule.chain(steps)
     except ValueError as e:

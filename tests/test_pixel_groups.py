@@ -197,7 +197,7 @@ def test_damaged_group_streams_fail_cleanly(model_dir):
     c = C.parse(data)
     for change in ({"pixel_groups": "00" * 5}, {"pixel_groups": c.header["pixel_groups"][:4]},
                    {"pixel_groups": [5] * 10},
-                   {"steps": 0}, {"seed_codecs": [1]}, {"pixels_sha256": "00" * 8}):
+                   {"steps": 0}, {"steps": 90000}, {"seed_codecs": [1]}, {"pixels_sha256": "00" * 8}):
         h = {**c.header, **change}
         bad = C.pack(C.Container("lossless", codec.groups[1], h, c.payload, c.encrypted))
         with pytest.raises(C.StreamError):
