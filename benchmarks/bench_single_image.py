@@ -59,7 +59,8 @@ def main():
         back = lossless.decode(data, model, meta["fingerprint"], groups_model=groups)[0].pixels
         t2 = time.perf_counter()
         assert np.array_equal(back, rec.pixels), f"image {i} did not round-trip"
-        g, grep = lossless._encode_pixel_groups([rec], *groups, args.steps, lossless.DEFAULT_GRID, True, 0)
+        g, grep = (data, rep) if rep.pixel_groups else \
+            lossless._encode_pixel_groups([rec], *groups, args.steps, lossless.DEFAULT_GRID, True, 0)
         codes = C.parse(g).header["pixel_groups"]
         vlb = chain_terms(model, torch.from_numpy(img.reshape(1, 1, 28, 28).copy()), times,
                           torch.Generator().manual_seed(i)).total.sum() / 784

@@ -152,13 +152,17 @@ def single_image_record(model, fingerprint, images: np.ndarray, steps: int, grou
         out["per_image"].append(8 * len(data) / a.size)
         out["chosen"].append("pixel groups" if rep.pixel_groups else
                              "classical seed only" if classical_only else "chain")
-        if groups_model is not None:
-            g, grep = lossless._encode_pixel_groups([rec], *groups_model, steps, lossless.DEFAULT_GRID, True, 0)
+        if groups_model is not None:      # the pixel-group stream, re-coded only where it was not kept
+            g, grep = (data, rep) if rep.pixel_groups else \
+                lossless._encode_pixel_groups([rec], *groups_model, steps, lossless.DEFAULT_GRID, True, 0)
             out["pixel_groups_bpd"].append(8 * len(g) / a.size)
             out["pixel_groups_ideal_bpd"].append(grep.ideal_net_bits / a.size)
             out["pixel_groups_direct_bits"].append(grep.seed_bits)
-        r, _ = lossless.encode([rec], model, fingerprint, steps=steps, seed_mode="random")
-        out["random_chain_bpd"].append(8 * len(r) / a.size)
+            # with pixel groups the codec no longer tries the PRNG-seeded chain: code it here
+            random_bytes = len(lossless.encode([rec], model, fingerprint, steps=steps, seed_mode="random")[0])
+        else:                             # the codec weighed it against the classical seed
+            random_bytes = rep.rejected_bytes if classical_only else len(data)
+        out["random_chain_bpd"].append(8 * random_bytes / a.size)
         t = chain_terms(model, torch.from_numpy(a[None].copy()), times, torch.Generator().manual_seed(n))
         out["neg_vlb_bpd"].append(float(t.total.sum()) / a.size)
     for codec in classical.LOSSLESS_CODECS:

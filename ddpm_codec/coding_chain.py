@@ -61,10 +61,14 @@ class DiffusionChain:
         import time
         t0 = time.perf_counter()
         with torch.no_grad():
-            eps = self.model.eps(torch.from_numpy(z).to(self.device), t).to("cpu", F64)
+            eps = self._eps(z, t)
         self.network_seconds += time.perf_counter() - t0
         self.network_calls += 1
         return eps
+
+    def _eps(self, z: np.ndarray, t) -> torch.Tensor:
+        """The network's eps at latent z (float64 on the CPU); subclasses change what it sees."""
+        return self.model.eps(torch.from_numpy(z).to(self.device), t).to("cpu", F64)
 
     # ---- the MarkovChain protocol of bitsback --------------------------
     def posterior(self, k, z_prev):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -364,6 +365,26 @@ class _Encoder:
         return data, rep
 
 
+@contextmanager
+def _torch_threads(n: int | None):
+    """Run with n torch threads (None: as they are), restored afterwards."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _checked_checksum(h: dict) -> str:
+    """The header's pixel checksum: 16 lowercase hex digits (also the stream seed)."""
+    checksum = C.field(h, "pixels_sha256", str)
+    if len(checksum) != 16 or any(ch not in "0123456789abcdef" for ch in checksum):
+        raise C.StreamError("corrupt stream: bad pixel checksum")
+    return checksum
+
+
 def torch_digest() -> str:
     """16 bits of the torch version's SHA-256: what a one-image stream records of it."""
     import hashlib
@@ -379,12 +400,8 @@ def _encode_pixel_groups(images, gmodel, gfp, steps, grid, encrypt, tile) -> tup
     checksum = pixel_checksum(images)
     seed = _stream_seed(checksum)
     times = gmodel.schedule.chain(steps)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)       # always one thread: batch-1 calls gain little from more, and the header need not say
-    try:
+    with _torch_threads(1):    # always one thread: batch-1 calls gain little from more, and the header need not say
         res = LG.encode(unit.pixels, gmodel, times, grid, seed, encrypt)
-    finally:
-        torch.set_num_threads(threads)
     header = {
         "pixel_groups": LG.group_codes(res, LG.count(unit.pixels.shape), LG.COARSE_GRIDS),
         "images": [[im.name, im.mode, *map(int, im.pixels.shape)] for im in images],
@@ -410,9 +427,7 @@ def _decode_pixel_groups(c, h, gmodel, progress) -> list[ImageRecord]:
     F = C.field
     tile = F(h, "tile", int, 0, 1 << 16)
     check_image_list(h, len(c.payload), MAX_TILED_PIXELS if tile else MAX_UNIT_PIXELS)
-    checksum = F(h, "pixels_sha256", str)
-    if len(checksum) != 16 or any(ch not in "0123456789abcdef" for ch in checksum):
-        raise C.StreamError("corrupt stream: bad pixel checksum")
+    checksum = _checked_checksum(h)
     if F(h, "groups", list) or F(h, "seed_codecs", list):
         raise C.StreamError("corrupt stream: pixel groups with unit groups or a classical seed")
     if len(c.payload) % 4:
@@ -440,15 +455,13 @@ def _decode_pixel_groups(c, h, gmodel, progress) -> list[ImageRecord]:
         raise C.StreamError(f"corrupt stream: its chain does not fit this model ({e})")
     seed = _stream_seed(checksum)
     words = np.frombuffer(c.payload, dtype="<u4").astype(np.uint32)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
-        px, left = LG.decode(words, gmodel, times, grid, seed, c.encrypted, units[0].pixels.shape, coarse, direct)
+        with _torch_threads(1):
+            px, left = LG.decode(words, gmodel, times, grid, seed, c.encrypted, units[0].pixels.shape, coarse,
+                                 direct)
     except (BitsBackError, ValueError, ArithmeticError) as e:
         raise C.StreamError(f"decoding failed ({type(e).__name__}): the stream is damaged or was made "
                             f"under different conditionals (see the determinism contract)")
-    finally:
-        torch.set_num_threads(threads)
     if left.size:
         raise C.StreamError("decoding failed: bits are left over (damaged stream or conditionals that "
                             "differ from the encoder's)")
@@ -477,9 +490,7 @@ def _check_header(h: dict, payload_bytes: int):
     codecs = F(h, "seed_codecs", list)
     if len(codecs) > len(imgs) * 4 or not all(is_uint(c) and c < len(S.SEED_CODECS) for c in codecs):
         raise C.StreamError("corrupt stream: bad seed codec list")
-    checksum = F(h, "pixels_sha256", str)
-    if len(checksum) != 16 or any(ch not in "0123456789abcdef" for ch in checksum):   # also the seed
-        raise C.StreamError("corrupt stream: bad pixel checksum")
+    _checked_checksum(h)
     F(h, "seed_pick", int, 0, S.PICK_AMONG - 1)
     if not sizes:
         if h["seed_mode"] != "classical":
@@ -561,33 +572,29 @@ def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None,
     msg = Message.from_words(words)
     grid_of = {n: COARSE_GRIDS[k] for n, k in zip(h["coarse"][::2], h["coarse"][1::2])}
     chains = {g: DiffusionChain(model, times, g) for g in {h["grid_fraction"], *grid_of.values()}} if sizes else {}
-    threads = torch.get_num_threads()
     want = h.get("threads")
-    if is_uint(want) and 1 <= want <= 1024:
-        torch.set_num_threads(want)
     try:
-        for n in range(len(sizes) - 1, -1, -1):
-            members = order[starts[n]:starts[n] + sizes[n]]
-            shape = (sizes[n], *units[members[0]][2].shape)
-            chain = chains[grid_of.get(n, h["grid_fraction"])]
-            x, msg = bitswap.decode(msg, chain, shape, seed=seed + n, encrypt=c.encrypted,
-                                    expect_initial=None)
-            topup = topup_of.get(n, 0)
-            if topup:
-                w = msg.words()
-                if w.size < topup or not np.array_equal(w[-topup:], seeded_words(_topup_seed(seed, n), topup)):
-                    raise C.StreamError("decoding failed: top-up bits did not come back (damaged stream "
-                                        "or different conditionals)")
-                msg = Message.from_words(w[:-topup])
-            for j, k in enumerate(members):
-                units[k][2][...] = x[j]
-            if progress:
-                progress(sizes[n])
+        with _torch_threads(want if is_uint(want) and 1 <= want <= 1024 else None):
+            for n in range(len(sizes) - 1, -1, -1):
+                members = order[starts[n]:starts[n] + sizes[n]]
+                shape = (sizes[n], *units[members[0]][2].shape)
+                chain = chains[grid_of.get(n, h["grid_fraction"])]
+                x, msg = bitswap.decode(msg, chain, shape, seed=seed + n, encrypt=c.encrypted,
+                                        expect_initial=None)
+                topup = topup_of.get(n, 0)
+                if topup:
+                    w = msg.words()
+                    if w.size < topup or not np.array_equal(w[-topup:], seeded_words(_topup_seed(seed, n), topup)):
+                        raise C.StreamError("decoding failed: top-up bits did not come back (damaged stream "
+                                            "or different conditionals)")
+                    msg = Message.from_words(w[:-topup])
+                for j, k in enumerate(members):
+                    units[k][2][...] = x[j]
+                if progress:
+                    progress(sizes[n])
     except (BitsBackError, ValueError, ArithmeticError) as e:     # garbage latents: escapes, non-finite values
         raise C.StreamError(f"decoding failed ({type(e).__name__}): the stream is damaged or was made "
                             f"under different conditionals (see the determinism contract)")
-    finally:
-        torch.set_num_threads(threads)
     left = msg.words()
     if h["seed_mode"] == "random":
         if not np.array_equal(left, seeded_words(seed, h["seed_words"])):
