@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from bitsback.rcc_index import octave_law, split_index
+from bitsback.rcc_index import octave_law
 from bitsback.rcc_search import log_weight_coefs, pfr_search
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -43,13 +43,18 @@ def exact_log2_candidates(kl_bits: float) -> int:
     return int(np.floor(kl_bits + 3.0 * log_ratio_sd_bits(kl_bits) + 2.5))
 
 
-def index_bits(kl_bits: float, L: int) -> float:
-    """Expected bits of the chunk's index under a code that knows the chunk's KL
-    (octave entropy + mantissa bits), from the octave law."""
-    p = octave_law(int(round(kl_bits * 8)), L)
-    e = np.arange(L + 1)
+def octave_code_bits(p: np.ndarray) -> float:
+    """Expected index bits when octave e has probability p[e]: the octave's
+    entropy plus the e - 1 uniform mantissa bits below the leading one."""
+    e = np.arange(p.size)
     nz = p > 0
     return float(-(p[nz] * np.log2(p[nz])).sum() + (p * np.maximum(e - 1, 0)).sum())
+
+
+def index_bits(kl_bits: float, L: int) -> float:
+    """Expected bits of the chunk's index under a code that knows the chunk's KL,
+    from the octave law."""
+    return octave_code_bits(octave_law(int(round(kl_bits * 8)), L))
 
 
 def floor_rows():
@@ -68,18 +73,14 @@ def monte_carlo(kl_bits: float, L: int, trials: int):
     winner's lean towards p (0 for an exact sample of q)."""
     d = np.sqrt(2.0 * kl_bits * LN2)
     a, b, c = log_weight_coefs(np.array([d]), np.ones(1), np.zeros(1), np.ones(1))
-    octs, mants, lean, logr = [], [], [], []
+    octs, lean, logr = [], [], []
     for t in range(trials):
         idx, z, lw = pfr_search(a, b, c, L, (t, 1, 0))
-        e, _, size = split_index(idx)
-        octs.append(e)
-        mants.append(np.log2(size))
+        octs.append(int(idx).bit_length())
         lean.append(d - float(z[0]))
         logr.append(lw / LN2)
-    counts = np.bincount(octs)
-    p = counts[counts > 0] / trials
     return {"kl_bits": kl_bits, "log2_candidates": L, "trials": trials,
-            "index_bits": float(-(p * np.log2(p)).sum() + np.mean(mants)),
+            "index_bits": octave_code_bits(np.bincount(octs) / trials),
             "model_index_bits": index_bits(kl_bits, L),
             "lean_sd": float(np.mean(lean)), "lean_se": float(np.std(lean) / np.sqrt(trials)),
             "log_ratio_bits": float(np.mean(logr))}

@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from ddpm_codec import classical, lossless
+from ddpm_codec.bench import pixel_group_stream
 from ddpm_codec import container as C
 from ddpm_codec.checkpoint import load_companion, load_model
 from ddpm_codec.data import load_fashion_mnist
@@ -59,9 +60,8 @@ def main():
         back = lossless.decode(data, model, meta["fingerprint"], groups_model=groups)[0].pixels
         t2 = time.perf_counter()
         assert np.array_equal(back, rec.pixels), f"image {i} did not round-trip"
-        g, grep = (data, rep) if rep.pixel_groups else \
-            lossless._encode_pixel_groups([rec], *groups, args.steps, lossless.DEFAULT_GRID, True, 0)
-        codes = C.parse(g).header["pixel_groups"]
+        g, grep = pixel_group_stream(rec, data, rep, groups, args.steps)
+        parsed = C.parse(g)
         vlb = chain_terms(model, torch.from_numpy(img.reshape(1, 1, 28, 28).copy()), times,
                           torch.Generator().manual_seed(i)).total.sum() / 784
         cl = {c: 8 * classical.lossless_num_bytes(c, px) / 784
@@ -69,8 +69,8 @@ def main():
         rows.append({"index": args.offset + i, "file_bpd": 8 * len(data) / 784,
                      "chosen": "pixel groups" if rep.pixel_groups else "classical seed only",
                      "pixel_groups_bpd": 8 * len(g) / 784, "pixel_groups_ideal_bpd": grep.ideal_net_bits / 784,
-                     "direct_bits": grep.seed_bits, "group_codes": codes,
-                     "header_and_framing_bytes": len(g) - len(C.parse(g).payload),
+                     "direct_bits": grep.seed_bits, "group_codes": parsed.header["pixel_groups"],
+                     "header_and_framing_bytes": len(g) - len(parsed.payload),
                      "neg_vlb_bpd": float(vlb), "classical_bpd": cl,
                      "encode_s": t1 - t0, "decode_s": t2 - t1})
     mean = {k: float(np.mean([r[k] for r in rows])) for k in

@@ -127,6 +127,14 @@ def single_markdown(singles: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def pixel_group_stream(rec, data: bytes, rep, groups_model, steps: int) -> tuple:
+    """(stream, report) of one image coded by pixel groups: the codec's own when it
+    kept that stream, else coded here (the codec kept its classical seed)."""
+    if rep.pixel_groups:
+        return data, rep
+    return lossless._encode_pixel_groups([rec], *groups_model, steps, lossless.DEFAULT_GRID, True, 0)
+
+
 def single_image_record(model, fingerprint, images: np.ndarray, steps: int, groups_model=None) -> dict:
     """Each image compressed alone (its own file, no name): what the codec
     writes (checked to decode exactly), the PRNG-seeded chain and, with a
@@ -152,9 +160,8 @@ def single_image_record(model, fingerprint, images: np.ndarray, steps: int, grou
         out["per_image"].append(8 * len(data) / a.size)
         out["chosen"].append("pixel groups" if rep.pixel_groups else
                              "classical seed only" if classical_only else "chain")
-        if groups_model is not None:      # the pixel-group stream, re-coded only where it was not kept
-            g, grep = (data, rep) if rep.pixel_groups else \
-                lossless._encode_pixel_groups([rec], *groups_model, steps, lossless.DEFAULT_GRID, True, 0)
+        if groups_model is not None:
+            g, grep = pixel_group_stream(rec, data, rep, groups_model, steps)
             out["pixel_groups_bpd"].append(8 * len(g) / a.size)
             out["pixel_groups_ideal_bpd"].append(grep.ideal_net_bits / a.size)
             out["pixel_groups_direct_bits"].append(grep.seed_bits)
