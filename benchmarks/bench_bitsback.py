@@ -13,16 +13,18 @@ choices of the earlier probe next to ours (bin width and window).
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_bitsback_chains as C  # noqa: E402
-
-from bitsback import Message, bbans, bitswap, gaussian, pixels  # noqa: E402
+from bitsback import Message
+from bitsback.chains import bbans, bitswap
+from bitsback.symbols import (
+    gaussian,
+    pixels,  # noqa: E402
+)
+from ddpm_codec.testing import reference_chains as C
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bitsback.json"
 ORDERS = {"bitswap": bitswap, "bbans": bbans}

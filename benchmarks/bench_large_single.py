@@ -24,12 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm_codec import classical, lossless
-from ddpm_codec.checkpoint import load_model
-from ddpm_codec.container import CodecError
-from ddpm_codec.data import load_fashion_mnist
-from ddpm_codec.units import ImageRecord, to_units
-from ddpm_codec.vlb import chain_terms
+from ddpm_codec.bound.vlb import chain_terms
+from ddpm_codec.codec import lossless
+from ddpm_codec.codec.units import ImageRecord, to_units
+from ddpm_codec.data.datasets import load_fashion_mnist
+from ddpm_codec.format.container import CodecError
+from ddpm_codec.io import classical
+from ddpm_codec.io.checkpoint import load_model
 
 OUT = Path(__file__).parent / "results"
 

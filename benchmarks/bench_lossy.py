@@ -1,7 +1,7 @@
 """The real progressive lossy codec against its evaluator (rd_curve) on Fashion-MNIST.
 
 For each of N test images (default 3) and the default model, one
-single-image stream is encoded (defaults of `ddpm_codec.lossy`) and decoded
+single-image stream is encoded (defaults of `ddpm_codec.codec.lossy`) and decoded
 at every truncation point (frame end) in one progressive pass. Per point:
 
 - codec rate: payload bits/dim up to the frame end (unit length prefix
@@ -13,7 +13,7 @@ at every truncation point (frame end) in one progressive pass. Per point:
 - decoded RMSE (the decoder's x0_hat, rounded pixels) vs the evaluator's RMSE
   at the same level (mean and s.d. over draws: the sampling noise);
 - what each coded step really delivered: sum of log q/p at the sent samples
-  (bitsback.rcc's lean) beside the chain's KLs.
+  (bitsback.rcc.step's lean) beside the chain's KLs.
 
 Then encoder time against the number of RCC candidates (a few settings of
 bits_per_chunk / margin_bits on the first image), and the codec's bits at
@@ -39,10 +39,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm_codec import lossy, rd_curve
-from ddpm_codec.checkpoint import load_model
-from ddpm_codec.data import load_dataset
-from ddpm_codec.lossless import ImageRecord
+from ddpm_codec.codec import lossy
+from ddpm_codec.codec.lossless import ImageRecord
+from ddpm_codec.data.datasets import load_dataset
+from ddpm_codec.eval import rd_curve
+from ddpm_codec.io.checkpoint import load_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SWEEP = [(8.0, 2.0), (10.0, 2.0), (10.0, 4.0), (12.0, 4.0)]       # (bits_per_chunk, margin_bits)
@@ -129,7 +130,7 @@ def image_rows(model, fp, img, k, steps, seeds):
 
 
 def _payload_start(data: bytes) -> int:
-    from ddpm_codec import container, varint
+    from ddpm_codec.format import container, varint
     end = container.header_end(data)
     return end + len(varint.encode(len(container.parse(data).payload)))
 
@@ -256,7 +257,7 @@ IMAGE_COLOURS = ("black", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab
 def plot(rec, path, classical=RESULTS / "rd_classical.json"):
     """Per image: the evaluator's curve (ideal KL rate) and the codec's truncation points
     (payload), with the classical mosaic codecs on the whole test split (headers amortized)."""
-    from ddpm_codec import plots
+    from ddpm_codec.eval import plots
     fig, (ax,) = plots.new_figure(1, 6.5, 4.8)
     for s in rec["images"]:
         k = s["image"]

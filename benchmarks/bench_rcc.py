@@ -1,4 +1,4 @@
-"""Benchmark of Gaussian reverse channel coding (bitsback.rcc).
+"""Benchmark of Gaussian reverse channel coding (bitsback.rcc.step).
 
 Measures, on 784-dimensional steps (a Fashion-MNIST image):
   1. payload bits against KL over a range of KLs (overhead %, side info,
@@ -24,8 +24,8 @@ import time
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from bitsback.rcc import decode_gaussian, encode_gaussian, gaussian_kl_bits
-from bitsback.rcc_search import log_weight_coefs, pfr_search
+from bitsback.rcc.search import log_weight_coefs, pfr_search
+from bitsback.rcc.step import decode_gaussian, encode_gaussian, gaussian_kl_bits
 
 FMNIST = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "rcc.json")

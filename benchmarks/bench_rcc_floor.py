@@ -7,7 +7,7 @@ be split into the part tuning can remove and the part it cannot:
 
   1. the floor: the index entropy of an exact PFR (margin 3 s.d. of log q/p
      above the KL, so that the cap almost never binds), from the octave law of
-     :mod:`bitsback.rcc_index`, for chunk KLs of 2 to 24 bits, with the number
+     :mod:`bitsback.rcc.index`, for chunk KLs of 2 to 24 bits, with the number
      of candidates that exactness takes;
   2. the same for the capped searches the codec can afford (margin 2, 4, 8);
   3. a Monte Carlo check of the law at small KLs (1-D mean shift, real searches
@@ -24,8 +24,8 @@ import os
 
 import numpy as np
 
-from bitsback.rcc_index import octave_law
-from bitsback.rcc_search import log_weight_coefs, pfr_search
+from bitsback.rcc.index import octave_law
+from bitsback.rcc.search import log_weight_coefs, pfr_search
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "results", "rcc_floor")

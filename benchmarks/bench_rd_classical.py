@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from ddpm_codec import classical as C
-from ddpm_codec.data import load_dataset
-from ddpm_codec.rd_curve import CLASSICAL_SETTINGS, classical_compressai, classical_points
+from ddpm_codec.data.datasets import load_dataset
+from ddpm_codec.eval.rd_curve import CLASSICAL_SETTINGS, classical_compressai, classical_points
+from ddpm_codec.io import classical as C
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # DESIGN.md anchors (100 x 100 mosaic of the test split): (codec, setting) -> (bits/dim, RMSE)
@@ -101,7 +101,7 @@ def main(argv=None):
         print(anchor_table(anchors) + ("\n" if len(images) == 10000 else
                                         "\n(anchors are for the 10k mosaic; this run used fewer images)\n"))
     if not args.no_plot:
-        from ddpm_codec.plots import new_figure, plot_points, save
+        from ddpm_codec.eval.plots import new_figure, plot_points, save
         fig, (ax,) = new_figure(1, 7, 5)
         plot_points(ax, rows, label_setting=True)
         for (codec, q), (bpd, err) in ANCHORS.items():

@@ -24,13 +24,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ddpm_codec import classical, lossless
-from ddpm_codec.bench import pixel_group_stream
-from ddpm_codec import container as C
-from ddpm_codec.checkpoint import load_companion, load_model
-from ddpm_codec.data import load_fashion_mnist
-from ddpm_codec.units import ImageRecord
-from ddpm_codec.vlb import chain_terms
+from ddpm_codec.bound.vlb import chain_terms
+from ddpm_codec.codec import lossless
+from ddpm_codec.codec.units import ImageRecord
+from ddpm_codec.data.datasets import load_fashion_mnist
+from ddpm_codec.eval.bench import pixel_group_stream
+from ddpm_codec.format import container as C
+from ddpm_codec.io import classical
+from ddpm_codec.io.checkpoint import load_companion, load_model
 
 OUT = Path(__file__).parent / "results"
 

@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm_codec import diffusion as D
-from ddpm_codec.checkpoint import load_model
-from ddpm_codec.data import load_fashion_mnist
-from ddpm_codec.likelihood import discretized_gaussian_log_prob, pixels_to_model
-from ddpm_codec.vlb import chain_terms
+from ddpm_codec.bound.vlb import chain_terms
+from ddpm_codec.data.datasets import load_fashion_mnist
+from ddpm_codec.diffusion import process as D
+from ddpm_codec.diffusion.likelihood import discretized_gaussian_log_prob, pixels_to_model
+from ddpm_codec.io.checkpoint import load_model
 
 OUT = Path(__file__).parent / "results"
 LOG2 = math.log(2.0)

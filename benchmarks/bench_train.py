@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm_codec.configs import get_config
-from ddpm_codec.evaluate import evaluate_nll
-from ddpm_codec.train import Trainer, TrainConfig
+from ddpm_codec.diffusion.configs import get_config
+from ddpm_codec.eval.evaluate import evaluate_nll
+from ddpm_codec.training.trainer import TrainConfig, Trainer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_speed.json"
 
@@ -29,7 +29,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "train_speed.json"
 def images(n_train, n_test, seed=0):
     """Fashion-MNIST if installed (the figures do not depend on the pixels), else random pixels."""
     try:
-        from ddpm_codec.data import load_fashion_mnist
+        from ddpm_codec.data.datasets import load_fashion_mnist
         return load_fashion_mnist("train")[:n_train], load_fashion_mnist("test")[:n_test], "fashion_mnist"
     except Exception:  # noqa: BLE001 - any missing-data error: fall back, and say so
         rng = np.random.default_rng(seed)

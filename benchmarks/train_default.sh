@@ -3,7 +3,7 @@
 # Three stages of one run (each resumes the previous checkpoint with a fresh
 # cosine LR tail), then the EMA weights are exported into the package
 # and the chain's times and reverse variance are fitted to the T_eval = 100 VLB
-# (ddpm_codec/chain_times.py).
+# (ddpm_codec/bound/chain_times.py).
 # About 4.5 hours on one CPU core (1.3 train steps/s idle); any stage can be
 # interrupted and re-run: it resumes from OUT/last bit for bit.
 # Usage: bash benchmarks/train_default.sh [OUT] [ddpm-codec binary]

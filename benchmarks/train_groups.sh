@@ -11,5 +11,5 @@
 set -euo pipefail
 OUT=${1:-runs/groups}
 PY=${2:-python}
-$PY -m ddpm_codec.train_groups --out "$OUT" --steps 5000 --lr 2e-4 --eval-every 500 --eval-n 256
-$PY -m ddpm_codec.train_groups --out "$OUT" --export ddpm_codec/weights/default_groups
+$PY -m ddpm_codec.training.groups --out "$OUT" --steps 5000 --lr 2e-4 --eval-every 500 --eval-n 256
+$PY -m ddpm_codec.training.groups --out "$OUT" --export ddpm_codec/weights/default_groups

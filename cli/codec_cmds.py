@@ -16,7 +16,7 @@ def _expand(inputs):
         if p.is_dir():
             found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
             if not found:
-                from ddpm_codec.imageio import UnsupportedImageError
+                from ddpm_codec.io.images import UnsupportedImageError
                 raise UnsupportedImageError(f"{p}: no images in this folder", "missing")
             files += found
         else:
@@ -62,8 +62,9 @@ def _safe_name(name: str, used: dict) -> str:
 def compress(inputs, out, model_path, steps, lossy, bpd, stop_at, no_encrypt, grid, tiles, force):
     """Compress images into one .ddpmc stream (lossless by default)."""
     from tqdm import tqdm
+
     from ddpm_codec import api
-    from ddpm_codec.imageio import OutputExistsError, read_image, atomic_write_bytes
+    from ddpm_codec.io.images import OutputExistsError, atomic_write_bytes, read_image
 
     files = _expand(inputs)
     if out is None:
@@ -101,8 +102,9 @@ def compress(inputs, out, model_path, steps, lossy, bpd, stop_at, no_encrypt, gr
 def decompress(stream, out_dir, model_path, stop_at, max_bytes, stochastic, force):
     """Decode a .ddpmc stream back to PNG images."""
     from tqdm import tqdm
+
     from ddpm_codec import api
-    from ddpm_codec.imageio import OutputExistsError, write_png
+    from ddpm_codec.io.images import OutputExistsError, write_png
 
     path = Path(stream)
     if not path.exists():
@@ -162,11 +164,13 @@ def decompress(stream, out_dir, model_path, stop_at, max_bytes, stochastic, forc
 def bench(split, data, n, steps, single, model_path, json_path, md_path, classical, plot_path, grid):
     """Real bits/dim against -VLB per T_eval, with PNG / WebP / JPEG XL beside."""
     import json as _json
+
     import torch
-    from ddpm_codec import bench as B
-    from ddpm_codec.checkpoint import load_companion, load_model
-    from ddpm_codec.data import load_dataset
-    from ddpm_codec.imageio import atomic_write_bytes
+
+    from ddpm_codec.data.datasets import load_dataset
+    from ddpm_codec.eval import bench as B
+    from ddpm_codec.io.checkpoint import load_companion, load_model
+    from ddpm_codec.io.images import atomic_write_bytes
 
     model, meta = load_model(model_path)
     groups_model = load_companion(model_path, meta["fingerprint"]) if single else None

@@ -1,4 +1,4 @@
 """The exception types that mean "the user gave us something we cannot use"."""
-from ddpm_codec.errors import user_errors
+from ddpm_codec.errors import USER_ERRORS
 
-USER_ERRORS = user_errors()
+__all__ = ["USER_ERRORS"]

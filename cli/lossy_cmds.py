@@ -7,7 +7,7 @@ import click
 
 
 def _write_json(path, rec):
-    from ddpm_codec.imageio import atomic_write_bytes
+    from ddpm_codec.io.images import atomic_write_bytes
     atomic_write_bytes(path, (json.dumps(rec, indent=1, allow_nan=False) + "\n").encode(), force=True)
 
 
@@ -30,9 +30,9 @@ def _write_json(path, rec):
 def rd_curve(split, data, n, steps, model_path, json_path, plot_path, classical, latents, batch, seed, points):
     """Rate (cumulative bits/dim) against distortion (RMSE [0, 255]) of the
     progressive lossy code over reverse time: DDPM Table 4 and Fig. 5."""
-    from ddpm_codec.checkpoint import load_model
-    from ddpm_codec.data import load_dataset
-    from ddpm_codec.rd_curve import classical_compressai, classical_points, evaluate_rd, format_table
+    from ddpm_codec.data.datasets import load_dataset
+    from ddpm_codec.eval.rd_curve import classical_compressai, classical_points, evaluate_rd, format_table
+    from ddpm_codec.io.checkpoint import load_model
 
     images = load_dataset(data, split, n=n)
     model, meta = load_model(model_path)
@@ -53,7 +53,7 @@ def rd_curve(split, data, n, steps, model_path, json_path, plot_path, classical,
         _write_json(json_path, rec)
         click.echo(f"wrote {json_path}")
     if plot_path:
-        from ddpm_codec.plots import save_rd_figure
+        from ddpm_codec.eval.plots import save_rd_figure
         save_rd_figure(plot_path, rec, rows)
         click.echo(f"wrote {plot_path} (distortion = RMSE over the set)")
 

@@ -44,20 +44,10 @@ def cli():
 
 
 def _register():
-    from . import model_cmds
-    model_cmds.register(cli)
-    try:
-        from . import codec_cmds
-    except ImportError:  # pragma: no cover - during partial installs only
-        codec_cmds = None
-    if codec_cmds:
-        codec_cmds.register(cli)
-    try:
-        from . import lossy_cmds
-    except ImportError:  # pragma: no cover
-        lossy_cmds = None
-    if lossy_cmds:
-        lossy_cmds.register(cli)
+    """Every command module, imported plainly: a broken one fails loudly."""
+    from . import codec_cmds, lossy_cmds, model_cmds
+    for commands in (model_cmds, codec_cmds, lossy_cmds):
+        commands.register(cli)
 
 
 _register()

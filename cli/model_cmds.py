@@ -22,13 +22,13 @@ def _parse_shard(value):
 
 
 def _write_json(path, rec):
-    from ddpm_codec.imageio import atomic_write_bytes
+    from ddpm_codec.io.images import atomic_write_bytes
     atomic_write_bytes(path, (json.dumps(rec, indent=1) + "\n").encode(), force=True)
 
 
 @click.command()
 @click.option("--config", "model_name", default="fmnist", show_default=True,
-              help="named model config (ddpm_codec.configs)")
+              help="named model config (ddpm_codec.diffusion.configs)")
 @click.option("--data", default="fashion_mnist", show_default=True, help="dataset name or path")
 @click.option("--out", default="runs/fmnist", show_default=True, help="run folder (checkpoints, log.jsonl)")
 @click.option("--steps", default=20000, show_default=True)
@@ -53,10 +53,10 @@ def _write_json(path, rec):
 def train(model_name, data, out, steps, batch_size, lr, warmup, lr_decay_to, ema_decay, grad_clip, flips,
           objective, time_sampler, seed, eval_every, eval_n, ckpt_every, amp, device, resume, export):
     """Train on the full VLB (or L_simple); checkpoints are resumable."""
-    from ddpm_codec import distributed as dist
-    from ddpm_codec.checkpoint import save_model
-    from ddpm_codec.data import load_dataset
-    from ddpm_codec.train import Trainer, TrainConfig
+    from ddpm_codec.data.datasets import load_dataset
+    from ddpm_codec.io.checkpoint import save_model
+    from ddpm_codec.training import distributed as dist
+    from ddpm_codec.training.trainer import TrainConfig, Trainer
 
     device = dist.init_from_env(device)
     if batch_size % dist.world_size():
@@ -111,9 +111,9 @@ def train(model_name, data, out, steps, batch_size, lr, warmup, lr_decay_to, ema
               help="0: every transition; k: an unbiased stratified sample of k transitions per image")
 def nll(split, data, n, steps, model_path, json_path, batch, seed, shard, step_samples):
     """Negative VLB in bits/dim, every term of the chain (or a stratified sample of its steps)."""
-    from ddpm_codec.checkpoint import load_model
-    from ddpm_codec.data import load_dataset, shard_bounds
-    from ddpm_codec.evaluate import evaluate_nll, format_summary
+    from ddpm_codec.data.datasets import load_dataset, shard_bounds
+    from ddpm_codec.eval.evaluate import evaluate_nll, format_summary
+    from ddpm_codec.io.checkpoint import load_model
 
     model, meta = load_model(model_path)
     images = load_dataset(data, split, n=n)
@@ -135,7 +135,7 @@ def nll(split, data, n, steps, model_path, json_path, batch, seed, shard, step_s
 @click.option("--json", "json_path", required=True, help="merged record")
 def merge(shards, json_path):
     """Merge the JSON of `nll --shard` runs into one result."""
-    from ddpm_codec.evaluate import merge_shards, format_summary
+    from ddpm_codec.eval.evaluate import format_summary, merge_shards
     recs = [json.loads(Path(p).read_text()) for p in shards]
     try:
         rec = merge_shards(recs)
@@ -156,9 +156,10 @@ def merge(shards, json_path):
 def sample(model_path, n, steps, seed, snapshots, out, force):
     """Draw samples (Algorithm 2) and write a PNG: one row per sample, the
     progressive x0_hat estimates left to right, the sample last."""
-    from ddpm_codec.checkpoint import load_model
-    from ddpm_codec.imageio import OutputExistsError, write_png
-    from ddpm_codec.sampling import sample as draw, grid
+    from ddpm_codec.eval.sampling import grid
+    from ddpm_codec.eval.sampling import sample as draw
+    from ddpm_codec.io.checkpoint import load_model
+    from ddpm_codec.io.images import OutputExistsError, write_png
 
     if os.path.exists(out) and not force:       # refuse before sampling, not after
         raise OutputExistsError(f"{out}: output exists; pass --force to overwrite")
@@ -177,7 +178,7 @@ def sample(model_path, n, steps, seed, snapshots, out, force):
               help="T_eval that compress uses by default with this model")
 def export(run_dir, dest, recommended_steps):
     """Export a training run's EMA weights as a model (safetensors + JSON)."""
-    from ddpm_codec.checkpoint import load_model, save_model
+    from ddpm_codec.io.checkpoint import load_model, save_model
     src = Path(run_dir) / "last" / "model"
     model, meta = load_model(str(src))
     extra = {k: meta[k] for k in ("ema", "step", "train", "note") if k in meta}
@@ -201,9 +202,10 @@ def fit_chain(model_path, dest, steps, data, n, grid, seed, variance, bins):
     """Fit the chain's times (and reverse variance) to the T-step VLB; weights unchanged."""
     import torch
     from tqdm import tqdm
-    from ddpm_codec.chain_times import fit_chain as fit_times
-    from ddpm_codec.checkpoint import load_model, save_model
-    from ddpm_codec.data import load_dataset
+
+    from ddpm_codec.bound.chain_times import fit_chain as fit_times
+    from ddpm_codec.data.datasets import load_dataset
+    from ddpm_codec.io.checkpoint import load_model, save_model
 
     model, meta = load_model(model_path)
     if not model.schedule.continuous:

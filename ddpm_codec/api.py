@@ -14,10 +14,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import container
-from .checkpoint import CheckpointError, load_companion, load_model
-from .lossless import decode as lossless_decode, encode as lossless_encode, tile_options
-from .units import ImageRecord, count_units as _count_units
+from ddpm_codec.codec.lossless import decode as lossless_decode
+from ddpm_codec.codec.lossless import encode as lossless_encode
+from ddpm_codec.codec.lossless import tile_options
+from ddpm_codec.codec.units import ImageRecord
+from ddpm_codec.codec.units import count_units as _count_units
+from ddpm_codec.format import container
+from ddpm_codec.io.checkpoint import CheckpointError, load_companion, load_model
 
 DEFAULT_STEPS = 100
 MODES_BY_CHANNELS = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
@@ -98,12 +101,12 @@ class Codec:
 
     # ---- lossy (progressive) ------------------------------------------
     def compress_lossy(self, images, steps=None, bpd=None, stop_at=None):
-        from . import lossy
+        from ddpm_codec.codec import lossy
         recs = [_record(im, k) for k, im in enumerate(images)]
         return lossy.encode(recs, self.model, self.fingerprint, steps=self._steps(steps), bpd=bpd,
                             stop_at=stop_at)
 
     def decompress_lossy(self, data: bytes, stop_at=None, max_bytes=None, stochastic=False):
-        from . import lossy
+        from ddpm_codec.codec import lossy
         return lossy.decode(data, self.model, self.fingerprint, stop_at=stop_at, max_bytes=max_bytes,
                             stochastic=stochastic)

@@ -1,31 +1,23 @@
-"""One place that lists the errors a user can cause, for the CLI to report
-as one line instead of a traceback.  Each module keeps its own classes; this
-collects them (imported lazily, so a missing optional piece costs nothing)."""
+"""The errors a user can cause, under one base class, so that the CLI reports
+each as one line (exit code 2) and every other exception stays a bug with its
+traceback.  Each layer defines its own subclasses of DdpmCodecError; the coder
+below (bitsback) keeps its own base, BitsBackError, and both are user errors."""
 from __future__ import annotations
 
-import importlib
+from bitsback.errors import BitsBackError
 
 
-class CodecError(Exception):
-    """Base for stream and codec errors a user can cause."""
+class DdpmCodecError(Exception):
+    """Base of every error a user can cause: bad streams, images, data, models."""
 
 
-_SOURCES = [
-    ("ddpm_codec.checkpoint", ["CheckpointError"]),
-    ("ddpm_codec.data", ["DataError"]),
-    ("ddpm_codec.imageio", ["ImageIOError"]),
-    ("ddpm_codec.classical", ["CodecUnavailableError"]),
-    ("bitsback.errors", ["BitsBackError"]),
-    ("bitsback.rcc", ["RCCError"]),
-]
+class CodecError(DdpmCodecError):
+    """Stream and codec errors (the container's StreamError derives from it)."""
+
+
+USER_ERRORS = (DdpmCodecError, BitsBackError, FileNotFoundError, IsADirectoryError, PermissionError)
 
 
 def user_errors() -> tuple:
-    found = [CodecError, FileNotFoundError, IsADirectoryError, PermissionError]
-    for mod, names in _SOURCES:
-        try:
-            m = importlib.import_module(mod)
-        except ImportError:
-            continue
-        found += [getattr(m, n) for n in names if hasattr(m, n)]
-    return tuple(found)
+    """The exception types that mean "the user gave us something we cannot use"."""
+    return USER_ERRORS

@@ -14,7 +14,7 @@ def fmnist_images():
     """The first 64 Fashion-MNIST test images, uint8 (64, 1, 28, 28)."""
     if not os.path.isfile(os.path.join(FMNIST_ROOT, "t10k-images-idx3-ubyte.gz")):
         pytest.skip(f"Fashion-MNIST not installed at {FMNIST_ROOT} (package dataset-fashion-mnist)")
-    from ddpm_codec.data import load_fashion_mnist
+    from ddpm_codec.data.datasets import load_fashion_mnist
     return np.ascontiguousarray(load_fashion_mnist("test", FMNIST_ROOT)[:64])
 
 
@@ -30,8 +30,9 @@ def fmnist_idx(fmnist_images, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_path(tmp_path_factory):
     """A 'tiny' model with small random weights (seed 0), saved as PATH.{safetensors,json}."""
-    from ddpm_codec.checkpoint import save_model
     from helpers import random_model
+
+    from ddpm_codec.io.checkpoint import save_model
     m = random_model("tiny", 0, scale=0.02)
     path = tmp_path_factory.mktemp("model") / "tiny"
     save_model(m, path, {"ema": True})

@@ -1,8 +1,8 @@
 """Shared builders for tests (importable as `helpers`: pytest puts tests/ on sys.path)."""
 import torch
 
-from ddpm_codec.configs import get_config
-from ddpm_codec.model import DiffusionModel
+from ddpm_codec.diffusion.configs import get_config
+from ddpm_codec.diffusion.model import DiffusionModel
 
 
 def random_model(config="tiny", seed=0, scale=0.02) -> DiffusionModel:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from ddpm_codec import lossless
-from ddpm_codec.checkpoint import load_model
+from ddpm_codec.codec import lossless
+from ddpm_codec.io.checkpoint import load_model
 from ddpm_codec_cli.main import cli
 
 

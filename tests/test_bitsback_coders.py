@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from bitsback import Message, bbans, bitswap
+from bitsback import Message
+from bitsback.chains import bbans, bitswap
 from bitsback.errors import DecodeMismatch, InsufficientInitialBits
 
 ORDERS = {"bitswap": bitswap, "bbans": bbans}

@@ -1,11 +1,13 @@
 """Discretized Gaussians on a grid (gaussian) and DDPM eq. 13 pixels (pixels)."""
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.special import ndtr
 
-from bitsback import Message, gaussian, pixels
+from bitsback import Message
 from bitsback.errors import OutOfWindow
+from bitsback.symbols import gaussian, pixels
 
 
 def _msg(seed=0, n=64):

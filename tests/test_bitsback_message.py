@@ -1,10 +1,13 @@
 """Message (ANS stack) representation, primitives and keystream."""
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from bitsback import Message, gaussian, keystream
+from bitsback import Message
+from bitsback.ans import keystream
 from bitsback.errors import CorruptMessage
+from bitsback.symbols import gaussian
 
 WORD = st.one_of(st.just(0), st.just(1), st.integers(0, 2**32 - 1))
 WORDS = st.lists(WORD, max_size=12).map(lambda w: np.array(w, np.uint32))

@@ -1,15 +1,14 @@
 """Net codelength against the chain's -VLB: linear-Gaussian chain (closed-form
 expectation) and the closed-form-denoiser DDPM chain on Fashion-MNIST."""
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import bench_bitsback_chains as C  # noqa: E402
-
-from bitsback import bbans, bitswap  # noqa: E402
+from bitsback.chains import (
+    bbans,
+    bitswap,  # noqa: E402
+)
+from ddpm_codec.testing import reference_chains as C
 
 ORDERS = {"bitswap": bitswap, "bbans": bbans}
 needs_fmnist = pytest.mark.skipif(not C.FMNIST_TEST.exists(), reason="Fashion-MNIST not installed")

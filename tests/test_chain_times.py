@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
-from ddpm_codec import chain_times as CT
-from ddpm_codec import diffusion as D
-from ddpm_codec.checkpoint import fingerprint, load_model
-from ddpm_codec.model import DiffusionModel
-from ddpm_codec.schedules import LinearGamma, build_schedule
 from helpers import random_model
+
+from ddpm_codec.bound import chain_times as CT
+from ddpm_codec.diffusion import process as D
+from ddpm_codec.diffusion.model import DiffusionModel
+from ddpm_codec.diffusion.schedules import LinearGamma, build_schedule
+from ddpm_codec.io.checkpoint import fingerprint, load_model
 
 F64 = torch.float64
 
@@ -103,7 +103,7 @@ def test_fit_is_no_worse_than_even_times_and_reports_its_own_cost():
 
 
 def test_fit_chain_cli_writes_a_refitted_model(tmp_path, tiny_path, fmnist_idx):
-    from ddpm_codec.checkpoint import save_model
+    from ddpm_codec.io.checkpoint import save_model
     from ddpm_codec_cli.main import cli
     src = tmp_path / "vdm"
     save_model(random_model("tiny-vdm", 2, scale=0.05), src, {"ema": True, "recommended_steps": 4})
@@ -228,8 +228,8 @@ def test_binned_eps_error_variance_per_dim_formula_and_round_trip():
 
 
 def test_lossless_round_trip_with_a_binned_variance_model():
-    from ddpm_codec import lossless
-    from ddpm_codec.units import ImageRecord
+    from ddpm_codec.codec import lossless
+    from ddpm_codec.codec.units import ImageRecord
     m = random_model("tiny-vdm", 1, scale=0.05)
     rng = np.random.default_rng(0)
     m.set_eps_error(rng.uniform(0.0, 2.0, (11, 8)).tolist())

@@ -8,11 +8,11 @@ import sys
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import random_model
 from safetensors.torch import load_file, save_file
 
-from ddpm_codec.checkpoint import CheckpointError, fingerprint, load_model, read_meta, resolve, save_model
+from ddpm_codec.io.checkpoint import CheckpointError, fingerprint, load_model, read_meta, resolve, save_model
 from ddpm_codec_cli.main import cli
-from helpers import random_model
 
 
 def _model(name="tiny", seed=0):

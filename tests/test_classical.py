@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from ddpm_codec import classical as C
+from ddpm_codec.io import classical as C
 
 JXL_OK, JXL_REASON = C.jpegxl_status()
 needs_jxl = pytest.mark.skipif(not JXL_OK, reason=JXL_REASON)

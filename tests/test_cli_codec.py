@@ -14,10 +14,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from ddpm_codec import imageio
-from ddpm_codec.checkpoint import save_model
-from ddpm_codec.configs import get_config
-from ddpm_codec.model import DiffusionModel
+from ddpm_codec.diffusion.configs import get_config
+from ddpm_codec.diffusion.model import DiffusionModel
+from ddpm_codec.io import images as imageio
+from ddpm_codec.io.checkpoint import save_model
 from ddpm_codec_cli.main import cli
 
 
@@ -258,7 +258,7 @@ def test_small_images_then_a_large_one_round_trip(tmp_path, model):
 
 
 def test_grid_option_round_trips_and_is_recorded(tmp_path, model):
-    from ddpm_codec import container
+    from ddpm_codec.format import container
     rng = np.random.default_rng(4)
     for k in range(3):
         Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(tmp_path / f"i{k}.png")
@@ -275,7 +275,7 @@ def test_grid_option_round_trips_and_is_recorded(tmp_path, model):
 
 
 def test_tiles_option_round_trips_and_is_recorded(tmp_path, model):
-    from ddpm_codec import container
+    from ddpm_codec.format import container
     img = np.random.default_rng(5).integers(0, 256, (61, 33, 3), dtype=np.uint8)
     Image.fromarray(img).save(tmp_path / "big.png")
     for mode, tiled in (("always", True), ("never", False)):

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import random_model
 from PIL import Image
 
-from ddpm_codec.checkpoint import load_model, save_model
-from ddpm_codec.evaluate import evaluate_nll
-from ddpm_codec.sampling import sample as draw
+from ddpm_codec.eval.evaluate import evaluate_nll
+from ddpm_codec.eval.sampling import sample as draw
+from ddpm_codec.io.checkpoint import load_model, save_model
 from ddpm_codec_cli.main import cli
-from helpers import random_model
 
 SUMMARY = re.compile(r"-VLB (\S+)(?: \+- \S+)? bits/dim = L_T (\S+) \+ diffusion (\S+) \+ L_0 (\S+)\s+\[(\d+) images, D = (\d+)")
 

@@ -8,9 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from ddpm_codec import data
-from ddpm_codec.data import (DataFormatError, DataMissingError, iterate_batches,
-                             load_dataset, shard, shard_bounds)
+from ddpm_codec.data import datasets as data
+from ddpm_codec.data.datasets import (
+    DataFormatError,
+    DataMissingError,
+    iterate_batches,
+    load_dataset,
+    shard,
+    shard_bounds,
+)
 
 
 def _idx_bytes(arr: np.ndarray, code: int = 0x08) -> bytes:

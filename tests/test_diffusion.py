@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_codec import diffusion as D
-from ddpm_codec.schedules import LinearGamma, build_schedule
+from ddpm_codec.diffusion import process as D
+from ddpm_codec.diffusion.schedules import LinearGamma, build_schedule
 
 F64 = torch.float64
 T = 1000

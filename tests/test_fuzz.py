@@ -5,9 +5,8 @@ CLI's one-line error, exit code 2); a decode that succeeds must give exactly
 the original pixels.  Anything else -- another exception type, a hang -- fails.
 Most cases stop in the parser (cheap); header mutations re-packed with valid
 CRCs and payload damage behind valid CRCs run the full decoder with a tiny
-model.  benchmarks/fuzz_streams.py runs the same kind of cases for longer.
+model.  ddpm_codec.testing.fuzz (run long by benchmarks/fuzz_streams.py) makes the same kind of cases.
 """
-import importlib
 import json
 import signal
 import struct
@@ -21,10 +20,12 @@ import torch
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from ddpm_codec import api, container as C, lossless
-from ddpm_codec.checkpoint import save_model
-from ddpm_codec.configs import get_config
-from ddpm_codec.model import DiffusionModel
+from ddpm_codec import api
+from ddpm_codec.codec import lossless
+from ddpm_codec.diffusion.configs import get_config
+from ddpm_codec.diffusion.model import DiffusionModel
+from ddpm_codec.format import container as C
+from ddpm_codec.io.checkpoint import save_model
 
 BASE = settings(derandomize=True, database=None, deadline=None, print_blob=True,
                 suppress_health_check=list(HealthCheck))
@@ -249,13 +250,26 @@ def test_mutated_streams_through_the_decoder(env, data):
 
 # ---- the long-running fuzzer's own entry point ---------------------------------
 def test_fuzz_benchmark_script_runs(tmp_path, monkeypatch):
-    # importable by name: its worker process (spawn) imports it again
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    mod = importlib.import_module("fuzz_streams")
+    from ddpm_codec.testing import fuzz
     out = tmp_path / "fuzz.json"
-    rc = mod.main(["--cases", "60", "--timeout", "60", "--no-lossy", "--out", str(out), "--save-cases", ""])
+    rc = fuzz.main(["--cases", "60", "--timeout", "60", "--no-lossy", "--out", str(out), "--save-cases", ""])
     rec = json.loads(out.read_text())
     assert rec["cases"] == 60 and sum(rec["outcomes"].values()) == 60
     assert {k: rec["outcomes"][k] for k in ("unexpected", "crash", "hang", "wrong_output")} == \
         {"unexpected": 0, "crash": 0, "hang": 0, "wrong_output": 0}, rec["problems"]
     assert rc == 0
+
+
+# ---- replay: every input that once misbehaved is now a clean error or an exact decode ----------
+REPLAY = sorted((Path(__file__).resolve().parent / "fuzz_cases").glob("*.ddpmc"))
+
+
+def test_replay_corpus_is_present():
+    assert len(REPLAY) >= 50
+
+
+@pytest.mark.parametrize("path", REPLAY, ids=[p.stem for p in REPLAY])
+def test_replayed_fuzz_case_is_handled(env, path):
+    from ddpm_codec.testing.fuzz import run_case
+    outcome, msg = run_case(env["codec"], path.read_bytes(), None)
+    assert outcome in ("stream_error", "decoded_ok"), msg

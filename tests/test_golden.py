@@ -42,7 +42,7 @@ def _float_kernels_guard(request):
 
 
 def _pixels(path: Path) -> np.ndarray:
-    from ddpm_codec.imageio import read_image
+    from ddpm_codec.io.images import read_image
     return read_image(path).pixels
 
 
@@ -84,7 +84,7 @@ def test_lossy_golden_decodes_to_its_pixels(case, codecs):
 
 def test_goldens_cover_every_stream_kind():
     """The set pins multi-image, unencrypted, tiled, pixel-group and lossy streams."""
-    from ddpm_codec.container import parse
+    from ddpm_codec.format.container import parse
     kinds = set()
     for case in CASES:
         c = parse((HERE / case["stream"]).read_bytes())

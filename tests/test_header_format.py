@@ -4,9 +4,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ddpm_codec import classical, compact, image_table
-from ddpm_codec import container as C
-from ddpm_codec import lossless_seed as S
+from ddpm_codec.codec import classical_seed as S
+from ddpm_codec.format import compact, image_table
+from ddpm_codec.format import container as C
+from ddpm_codec.io import classical
 
 
 def _records(names, geoms=None):

@@ -8,9 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from ddpm_codec import imageio
-from ddpm_codec.imageio import (MODE_CHANNELS, OutputExistsError, UnsupportedImageError,
-                                atomic_write_bytes, read_image, write_png)
+from ddpm_codec.io import images as imageio
+from ddpm_codec.io.images import (
+    MODE_CHANNELS,
+    OutputExistsError,
+    UnsupportedImageError,
+    atomic_write_bytes,
+    read_image,
+    write_png,
+)
 
 SIZES = [(1, 1), (3, 7), (29, 31)]
 

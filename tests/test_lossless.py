@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_codec import container, lossless
-from ddpm_codec.checkpoint import fingerprint, save_model
-from ddpm_codec.closed_form import closed_form_model
-from ddpm_codec.configs import get_config
-from ddpm_codec.model import DiffusionModel
-from ddpm_codec.vlb import chain_terms
+from ddpm_codec.bound.vlb import chain_terms
+from ddpm_codec.codec import lossless
+from ddpm_codec.diffusion.configs import get_config
+from ddpm_codec.diffusion.model import DiffusionModel
+from ddpm_codec.format import container
+from ddpm_codec.io.checkpoint import fingerprint, save_model
+from ddpm_codec.testing.closed_form import closed_form_model
 
 
 @pytest.fixture(scope="module")

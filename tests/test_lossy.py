@@ -4,7 +4,7 @@ Exact agreement of encoder and decoder latents, every prefix decodable,
 --stop-at / --bpd, the lossless tail, unequal q/p variances, clean failures
 (other model, other seed, damage), stochastic reconstruction, and a
 statistical check that the latents sent follow q(z_s | z_t, x) up to the
-documented lean of the capped search (bitsback.rcc).
+documented lean of the capped search (bitsback.rcc.step).
 
 Models: the closed-form denoiser on small random images (fast, exact), and the
 untrained 'tiny' network for the API / CLI path.
@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_codec import lossy_steps, varint
-from ddpm_codec import container, lossy
-from ddpm_codec.closed_form import closed_form_model
-from ddpm_codec.lossless import ImageRecord
+from ddpm_codec.codec import lossy, lossy_steps
+from ddpm_codec.codec.lossless import ImageRecord
+from ddpm_codec.format import container, varint
+from ddpm_codec.testing.closed_form import closed_form_model
 
 VDM = {"type": "linear_gamma", "gamma_min": -13.3, "gamma_max": 5.0}
 FP = "ab" * 32
@@ -248,7 +248,7 @@ def test_latents_follow_q_up_to_the_documented_lean():
     Capped PFR picks its candidate by the weight q/p only, which for equal
     variances depends on the candidate only through its projection on
     mu_q - mu_p: every other direction is an exact N(0, 1) draw. Along that
-    direction the winner leans towards p (bitsback.rcc: a fraction of a
+    direction the winner leans towards p (bitsback.rcc.step: a fraction of a
     standard deviation for chunks of a few bits with 2 bits of margin), and a
     wider margin shrinks the lean."""
     data_set = _images(64, 8, seed=3)
@@ -272,9 +272,9 @@ def test_latents_follow_q_up_to_the_documented_lean():
 
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory):
-    from ddpm_codec.checkpoint import save_model
-    from ddpm_codec.configs import get_config
-    from ddpm_codec.model import DiffusionModel
+    from ddpm_codec.diffusion.configs import get_config
+    from ddpm_codec.diffusion.model import DiffusionModel
+    from ddpm_codec.io.checkpoint import save_model
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("m") / "tiny"
     save_model(DiffusionModel.from_config(get_config("tiny")).eval(), path)
@@ -303,8 +303,9 @@ def test_api_round_trip_on_the_tiny_network(tiny_path):
 
 def test_cli_compress_lossy_and_decompress_prefixes(tiny_path, tmp_path):
     from click.testing import CliRunner
+
     from cli.main import cli
-    from ddpm_codec.imageio import write_png
+    from ddpm_codec.io.images import write_png
     img = (np.add.outer(np.arange(12), np.arange(12)) * 10).astype(np.uint8)
     write_png(tmp_path / "a.png", img, "L")
     run = lambda *a: CliRunner().invoke(cli, [str(v) for v in a], prog_name="ddpm-codec")   # noqa: E731
@@ -331,7 +332,7 @@ def test_header_records_what_the_decoder_needs(data_set):
 
 
 def test_chunk_count_code_round_trips_with_escapes():
-    from bitsback.rcc_coder import Reader, Writer
+    from bitsback.rcc.coder import Reader, Writer
     cases = [(1, 1.0, 784), (3, 2.5, 784), (40, 1.0, 784), (784, 3.0, 784), (5000, 2.0, 1 << 30)]
     w = Writer()
     for c0, pred, dims in cases:
@@ -347,6 +348,7 @@ def test_decodes_the_same_in_a_fresh_process(tiny_path, tmp_path):
     import subprocess
     import sys
     from pathlib import Path
+
     from ddpm_codec.api import Codec
     codec = Codec(str(tiny_path))
     img = (np.add.outer(np.arange(8), np.arange(8)) * 15).astype(np.uint8)

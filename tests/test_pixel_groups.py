@@ -1,19 +1,19 @@
-"""One image alone coded as pixel groups with a conditional net (ddpm_codec.lossless_groups)."""
+"""One image alone coded as pixel groups with a conditional net (ddpm_codec.codec.lossless_groups)."""
 import json
 
 import numpy as np
 import pytest
 import torch
+from helpers import random_model
 from scipy.special import ndtr
 
-from ddpm_codec import container as C
-from ddpm_codec import lossless
-from ddpm_codec import lossless_groups as LG
-from ddpm_codec import pixel_groups as G
-from ddpm_codec.checkpoint import (CheckpointError, fingerprint, load_companion, load_model, save_model)
-from ddpm_codec.units import ImageRecord
-from ddpm_codec.train_groups import conditional_from, draw_targets, group_loss
-from helpers import random_model
+from ddpm_codec.codec import lossless
+from ddpm_codec.codec import lossless_groups as LG
+from ddpm_codec.codec.units import ImageRecord
+from ddpm_codec.diffusion import pixel_groups as G
+from ddpm_codec.format import container as C
+from ddpm_codec.io.checkpoint import CheckpointError, fingerprint, load_companion, load_model, save_model
+from ddpm_codec.training.groups import conditional_from, draw_targets, group_loss
 
 
 def _garment(seed=0, side=28):
@@ -113,7 +113,7 @@ def test_direct_code_costs_what_the_discretized_gaussian_says(cond_model):
     times = m.schedule.chain(4)
     chain = LG.GroupChain(m, times, 0.25, groups, k, px)
     x = px.reshape(1, -1)[:, np.flatnonzero(groups.reshape(-1) == k)]
-    from bitsback.message import Message
+    from bitsback.ans.message import Message
     msg, j, bits = LG._push_direct(Message.empty(), x, chain)
     mean_m, spread = chain.direct_prediction()
     mean = (mean_m.reshape(-1) + 1) * 127.5
@@ -210,7 +210,7 @@ def test_damaged_group_streams_fail_cleanly(model_dir):
 
 
 def test_shipped_companion_if_present_matches_the_default_model():
-    from ddpm_codec.checkpoint import companion_path
+    from ddpm_codec.io.checkpoint import companion_path
     comp = companion_path(None).with_suffix(".json")
     if not comp.exists():
         pytest.skip("no pixel-group net shipped")
@@ -226,6 +226,7 @@ def test_cli_round_trips_one_image_by_pixel_groups_and_refuses_a_plain_model(mod
     companion, decompress exits 2 with one line."""
     from click.testing import CliRunner
     from PIL import Image
+
     from ddpm_codec_cli.main import cli
 
     def run(*args):
@@ -256,7 +257,7 @@ def test_shipped_companion_codes_a_test_image_alone_below_its_classical_stream(f
     """The shipped model and its pixel-group net on real test images, each alone:
     the group stream decodes exactly, and over a few images it is smaller than the
     classical-seed-only stream the codec would write without it."""
-    from ddpm_codec.checkpoint import companion_path
+    from ddpm_codec.io.checkpoint import companion_path
     if not companion_path(None).with_suffix(".json").exists():
         pytest.skip("no pixel-group net shipped")
     from ddpm_codec.api import Codec

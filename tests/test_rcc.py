@@ -1,4 +1,4 @@
-"""Reverse channel coding of diagonal Gaussians (bitsback.rcc)."""
+"""Reverse channel coding of diagonal Gaussians (bitsback.rcc.step)."""
 import subprocess
 import sys
 from pathlib import Path
@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bitsback import rcc
-from bitsback.rcc import RCCError, decode_gaussian, encode_gaussian, frame, unframe
-from bitsback.rcc_index import octave_law, split_index, join_index
-from bitsback.rcc_random import candidate_normals, permutation
-from bitsback.rcc_search import log_weight_coefs, regenerate
-
+from bitsback.rcc import step as rcc
+from bitsback.rcc.index import join_index, octave_law, split_index
+from bitsback.rcc.search import log_weight_coefs, regenerate
+from bitsback.rcc.shared_random import candidate_normals, permutation
+from bitsback.rcc.step import RCCError, decode_gaussian, encode_gaussian, frame, unframe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +67,7 @@ def test_encoding_is_deterministic_and_decodes_in_a_fresh_process(tmp_path):
     assert again == payload and np.array_equal(sample2, sample)
     np.save(tmp_path / "p.npy", np.stack([q_p[2], q_p[3]]))
     (tmp_path / "payload.bin").write_bytes(payload)
-    code = ("import sys, numpy as np; from bitsback.rcc import decode_gaussian;"
+    code = ("import sys, numpy as np; from bitsback.rcc.step import decode_gaussian;"
             "d = sys.argv[1]; p = np.load(d + '/p.npy');"
             "x = decode_gaussian(open(d + '/payload.bin', 'rb').read(), p[0], p[1], 99, 3,"
             " bits_per_chunk=12.0); np.save(d + '/x.npy', x)")

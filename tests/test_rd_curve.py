@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
-from ddpm_codec.checkpoint import save_model
-from ddpm_codec.closed_form import closed_form_model
-from ddpm_codec.evaluate import evaluate_nll
-from ddpm_codec.rd_curve import evaluate_rd, format_table, rd_terms, table_points
-from ddpm_codec_cli.main import cli
 from helpers import random_model
+
+from ddpm_codec.eval.evaluate import evaluate_nll
+from ddpm_codec.eval.rd_curve import evaluate_rd, format_table, rd_terms, table_points
+from ddpm_codec.io.checkpoint import save_model
+from ddpm_codec.testing.closed_form import closed_form_model
+from ddpm_codec_cli.main import cli
 
 COMPRESSAI = ("bpp", "bpd", "psnr", "rmse", "encoding_time", "decoding_time")
 

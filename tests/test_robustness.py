@@ -28,12 +28,12 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from ddpm_codec import compact, varint
-from ddpm_codec import container as C
-from ddpm_codec.checkpoint import load_model, save_model
-from ddpm_codec.configs import get_config
-from ddpm_codec.lossless import _times_hash
-from ddpm_codec.model import DiffusionModel
+from ddpm_codec.codec.lossless import _times_hash
+from ddpm_codec.diffusion.configs import get_config
+from ddpm_codec.diffusion.model import DiffusionModel
+from ddpm_codec.format import compact, varint
+from ddpm_codec.format import container as C
+from ddpm_codec.io.checkpoint import load_model, save_model
 from ddpm_codec_cli.main import cli
 
 EXE = Path(sys.executable).with_name("ddpm-codec")

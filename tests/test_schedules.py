@@ -5,8 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_codec.schedules import (DiscreteSchedule, LinearGamma, MonotoneGamma, build_schedule,
-                                  cosine_betas, linear_betas)
+from ddpm_codec.diffusion.schedules import (
+    DiscreteSchedule,
+    LinearGamma,
+    MonotoneGamma,
+    build_schedule,
+    cosine_betas,
+    linear_betas,
+)
 
 F64 = torch.float64
 T = 1000

@@ -8,12 +8,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ddpm_codec import container as C
-from ddpm_codec import lossless
-from ddpm_codec.checkpoint import load_model, save_model
-from ddpm_codec.configs import get_config
-from ddpm_codec.model import DiffusionModel
-from ddpm_codec.units import ImageRecord, count_units, place_unit, tile_spans, to_units
+from ddpm_codec.codec import lossless
+from ddpm_codec.codec.units import ImageRecord, count_units, place_unit, tile_spans, to_units
+from ddpm_codec.diffusion.configs import get_config
+from ddpm_codec.diffusion.model import DiffusionModel
+from ddpm_codec.format import container as C
+from ddpm_codec.io.checkpoint import load_model, save_model
 
 
 @settings(max_examples=400, deadline=None)

@@ -5,16 +5,16 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import random_model
 from safetensors.torch import load_file
 
-from ddpm_codec.checkpoint import CheckpointError, load_model
-from ddpm_codec.configs import get_config
-from ddpm_codec.evaluate import evaluate_nll
-from ddpm_codec.losses import training_loss
-from ddpm_codec.model import DiffusionModel
-from ddpm_codec.samplers import ImportanceSteps, LowDiscrepancyTimes, UniformSteps, make_sampler
-from ddpm_codec.train import Trainer, TrainConfig
-from helpers import random_model
+from ddpm_codec.bound.losses import training_loss
+from ddpm_codec.diffusion.configs import get_config
+from ddpm_codec.diffusion.model import DiffusionModel
+from ddpm_codec.eval.evaluate import evaluate_nll
+from ddpm_codec.io.checkpoint import CheckpointError, load_model
+from ddpm_codec.training.time_samplers import ImportanceSteps, LowDiscrepancyTimes, UniformSteps, make_sampler
+from ddpm_codec.training.trainer import TrainConfig, Trainer
 
 
 def _short_T_config(T=10, dropout=0.0):
@@ -169,7 +169,7 @@ def test_fit_checkpoints_and_resumes(fmnist_images, tmp_path):
         assert torch.equal(model.state_dict()[k], v)
     raw = load_file(str(last / "raw.safetensors"))
     assert any(not torch.equal(raw[k], v) for k, v in model.state_dict().items())   # raw != EMA
-    log = [json.loads(l) for l in (tmp_path / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "test_vlb_bpd_mc" in r] == [2, 4]
     # a new trainer picks up at step 4 and continues to 6
     tr2 = _trainer(tmp_path, data, steps=6, ckpt_every=2, eval_every=0)
@@ -194,14 +194,14 @@ def test_resume_damaged_checkpoint(tmp_path, fmnist_images):
 
 
 def test_global_batch_must_split_over_ranks(fmnist_images, tmp_path, monkeypatch):
-    from ddpm_codec import distributed
+    from ddpm_codec.training import distributed
     monkeypatch.setattr(distributed, "world_size", lambda: 3)
     with pytest.raises(ValueError, match="not divisible"):
         _trainer(tmp_path, fmnist_images[:16], batch_size=8)
 
 
 def test_fewer_images_than_the_batch_is_a_data_error(fmnist_images, tmp_path):
-    from ddpm_codec.data import DataError
+    from ddpm_codec.data.datasets import DataError
     with pytest.raises(DataError, match="fewer than the global batch 8"):
         _trainer(tmp_path, fmnist_images[:5], batch_size=8)
 
@@ -242,7 +242,7 @@ def test_make_sampler_kinds():
 def test_discrete_mc_vlb_is_unbiased_for_the_exact_chain(fmnist_images):
     """The training estimator L_T + T * E_i[L_{i-1}] (uniform i) averages to the
     exact full-chain VLB: compare on a T = 20 schedule, all 20 terms enumerated."""
-    from ddpm_codec.vlb import chain_terms
+    from ddpm_codec.bound.vlb import chain_terms
     model = random_model(_short_T_config(T=20), 0, scale=0.05)
     px = torch.from_numpy(fmnist_images[:2])
     x = px.float() / 127.5 - 1

@@ -5,14 +5,18 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import random_model
 from scipy import stats
 from scipy.special import logsumexp
 
-from ddpm_codec.closed_form import closed_form_model
-from ddpm_codec.likelihood import (decoder_bits, discretized_gaussian_log_prob, model_to_pixels,
-                                   pixels_to_model)
-from ddpm_codec.vlb import chain_terms, concat_terms
-from helpers import random_model
+from ddpm_codec.bound.vlb import chain_terms, concat_terms
+from ddpm_codec.diffusion.likelihood import (
+    decoder_bits,
+    discretized_gaussian_log_prob,
+    model_to_pixels,
+    pixels_to_model,
+)
+from ddpm_codec.testing.closed_form import closed_form_model
 
 F64 = torch.float64
 LOG2 = math.log(2.0)
@@ -219,7 +223,7 @@ def test_sampled_terms_recompute_each_drawn_kl(tiny_model, fmnist_images):
     """Every nonzero column of the sampled estimate is stratum size x the
     closed-form KL at that transition, recomputed here from the same draws;
     exactly one column per stratum is drawn; L_T equals the exact term."""
-    from ddpm_codec.vlb import sampled_chain_terms
+    from ddpm_codec.bound.vlb import sampled_chain_terms
     model, px = tiny_model, torch.from_numpy(fmnist_images[:4])
     times = model.schedule.chain(10)
     gens = [torch.Generator().manual_seed(100 + i) for i in range(4)]
@@ -249,7 +253,7 @@ def test_sampled_terms_recompute_each_drawn_kl(tiny_model, fmnist_images):
 def test_sampled_estimate_is_unbiased(fmnist_images):
     """Closed-form denoiser over 8 images, 20 steps: the mean of 200 stratified
     estimates (4 of 20 steps) agrees with the mean of 40 exact sums within 4 SE."""
-    from ddpm_codec.vlb import sampled_chain_terms
+    from ddpm_codec.bound.vlb import sampled_chain_terms
     ref = torch.from_numpy(fmnist_images[:8].copy())
     model = closed_form_model(ref)
     times = model.schedule.chain(20)

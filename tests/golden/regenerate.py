@@ -27,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 MANIFEST = HERE / "manifest.json"
 TINY = HERE / "tiny"
+GOLDEN_THREADS = 2
 
 
 def _sha(b: bytes) -> str:
@@ -61,7 +62,7 @@ def model_path(name: str) -> str:
 
 
 def _make_inputs():
-    from ddpm_codec.imageio import write_png
+    from ddpm_codec.io.images import write_png
     rng = np.random.default_rng(1)
     grey = rng.integers(0, 256, (6, 5, 1), dtype=np.uint8)
     rgb = rng.integers(0, 256, (4, 7, 3), dtype=np.uint8)
@@ -72,10 +73,11 @@ def _make_inputs():
 
 def _make_tiny():
     import torch
-    from ddpm_codec.checkpoint import save_model
-    from ddpm_codec.configs import get_config
-    from ddpm_codec.model import DiffusionModel
-    from ddpm_codec.train_groups import conditional_from
+
+    from ddpm_codec.diffusion.configs import get_config
+    from ddpm_codec.diffusion.model import DiffusionModel
+    from ddpm_codec.io.checkpoint import save_model
+    from ddpm_codec.training.groups import conditional_from
     torch.manual_seed(0)
     base = DiffusionModel.from_config(get_config("tiny"))
     with torch.no_grad():                         # a non-trivial eps network (conv_out starts at zero)
@@ -88,17 +90,27 @@ def _make_tiny():
 def run_case(case: dict, codecs: dict):
     """(stream bytes, decoded images, {prefix: decoded images}) for one case."""
     from ddpm_codec.api import Codec
-    from ddpm_codec.imageio import read_image
+    from ddpm_codec.io.images import read_image
     codec = codecs.setdefault(case["model"], None) or Codec(model_path(case["model"]))
     codecs[case["model"]] = codec
     images = [read_image(ROOT / p) for p in case["inputs"]]
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(GOLDEN_THREADS)     # the lossless header records the encoder's thread count
+    try:
+        return _run(codec, case, images)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(codec, case, images):
     if case["call"] == "compress":
         data, _ = codec.compress(images, **case["kw"])
         return data, codec.decompress(data), {}
     data, _ = codec.compress_lossy(images, **case["kw"])
     prefixes = {n: codec.decompress_lossy(data, max_bytes=n) for n in case.get("prefix_bytes", [])}
     if case.get("prefix") == "half":           # regenerate: a prefix halfway into the payload
-        from ddpm_codec.container import header_end
+        from ddpm_codec.format.container import header_end
         n = header_end(data) + (len(data) - header_end(data)) // 2
         case["prefix_bytes"] = [n]
         prefixes = {n: codec.decompress_lossy(data, max_bytes=n)}
@@ -107,7 +119,7 @@ def run_case(case: dict, codecs: dict):
 
 def main():
     sys.path.insert(0, str(ROOT))
-    from ddpm_codec.imageio import write_png
+    from ddpm_codec.io.images import write_png
     if "--keep-model" not in sys.argv:
         _make_inputs()
         _make_tiny()

@@ -1,0 +1,1 @@
+"""The ANS message: constriction's stack with keystream encryption and initial bits."""

@@ -1,0 +1,1 @@
+"""The codecs: images to units, the coding chain of model conditionals, lossless bits-back streams (planes, tiles, pixel groups) and progressive lossy streams."""

@@ -1,0 +1,620 @@
+"""Lossless codec: Bit-Swap over the diffusion chain, many images per stream.
+
+Images become *units* the model can code: with a one-channel model each
+colour plane is a unit; otherwise the image is one unit.  Units are padded
+(edge replication) to a multiple of what the U-Net needs, and units of one
+padded shape are coded together, in *groups*.
+
+Why groups: a bits-back pop reads bits before any are pushed.  Bit-Swap
+over a diffusion chain reads about (first pop + drain) bits per dim before
+it has pushed its own, several times the model's -VLB, so one batch of all
+units would need that much initial data.  The encoder instead grows groups
+geometrically: each group is as large as the bits already on the stack
+fund (found by trying, halving on a shortfall), so earlier images pay the
+initial bits of later ones and only the first group needs a seed.
+The seed (:mod:`ddpm_codec.codec.classical_seed`) is real data: the first units
+coded with a classical lossless codec, as few as the first group needs (a
+coarser latent grid for that one group before one more seed unit).  With
+seed_mode "random" it is a documented PRNG word sequence instead
+(`bitsback.ans.initial`), and the part of it no pop touched is left out of the
+file (the decoder regenerates it).
+
+Determinism: the decoder must reproduce every conditional bit for bit.  The
+header records the torch version, thread count, dtype and device the
+encoder used; the decoder runs with the same thread count, and checks the
+pixel checksum (and the seed it gets back) after decoding.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from bitsback.ans.initial import seeded_words
+from bitsback.ans.message import Message
+from bitsback.chains import bitswap
+from bitsback.errors import BitsBackError, InsufficientInitialBits
+from ddpm_codec.codec import classical_seed as S
+from ddpm_codec.codec import lossless_groups as LG
+from ddpm_codec.codec.chain import DEFAULT_GRID, DiffusionChain
+from ddpm_codec.codec.units import (
+    MAX_TILED_PIXELS,
+    MAX_UNIT_PIXELS,
+    MAX_UNITS,
+    ImageRecord,
+    check_image_list,
+    count_units,
+    pixel_checksum,
+    place_unit,
+)
+from ddpm_codec.codec.units import coding_order as _coding_order
+from ddpm_codec.codec.units import pick_first as _pick_first
+from ddpm_codec.codec.units import times_hash as _times_hash
+from ddpm_codec.codec.units import to_units as _units
+from ddpm_codec.diffusion.model import DiffusionModel
+from ddpm_codec.format import container as C
+from ddpm_codec.format.compact import is_uint
+
+CODEC = "bitswap"
+# Decoding work (chain steps x padded dims, plus a per-group charge) that a
+# header may ask for: this floor, or this much per payload bit (legit streams
+# carry >= ~1 bit/dim, so they stay orders of magnitude below it).
+MIN_WORK = 1 << 24
+WORK_PER_PAYLOAD_BIT = 1 << 14
+WORK_PER_GROUP = 1024
+# Header fields left out when they hold these values (most streams; ~30 bytes, 0.1% of
+# a 100-image stream). Changing a value here changes the format: bump container.VERSION.
+# The encryption flag lives in the container's flags.
+HEADER_DEFAULTS = {"codec": CODEC, "seed_mode": "classical", "seed_codecs": [], "seed_pick": 0,
+                   "seed_words_omitted": 0, "topups": [], "coarse": [], "groups": [],
+                   "grid_fraction": DEFAULT_GRID, "tile": 0}
+
+
+@dataclass
+class EncodeReport:
+    file_bytes: int = 0
+    dims: int = 0                  # sum of H*W*C of the original images
+    seed_bits_consumed: int = 0    # PRNG seed bits a pop touched (stored in the file)
+    seed_words_added: int = 0
+    seed_units: int = 0            # units coded classically as the seed
+    seed_images: list = field(default_factory=list)   # indices of the images those units belong to
+    seed_bits: int = 0             # bits of those classical codes
+    chain_dims: int = 0            # dims coded by the chain (net_bits is theirs)
+    topup_bits: int = 0            # PRNG words added mid-stream for an unfunded unit
+    net_bits: int = 0              # stream bits minus the seed bits
+    ideal_net_bits: float = 0.0
+    ideal_bits_by_image: dict = field(default_factory=dict)   # image index -> ideal net bits (chain units)
+    groups: list = field(default_factory=list)   # [first position in coding order, size]
+    coarse: list = field(default_factory=list)   # [group, grid fraction] off the main grid
+    network_s: float = 0.0
+    total_s: float = 0.0
+    rejected_bytes: int = 0        # size of the smallest stream tried and not kept (seed mode, tiles)
+    tile: int = 0                  # tile side (0: whole planes)
+    units: int = 0                 # planes or tiles coded
+    pixel_groups: int = 0          # one unit coded as this many pixel groups (0: not)
+
+    @property
+    def file_bpd(self):
+        return 8 * self.file_bytes / self.dims
+
+    @property
+    def net_bpd(self):
+        """Chain bits per chain dim (stream bits minus the seed)."""
+        return self.net_bits / max(self.chain_dims, 1)
+
+
+def _topup_seed(seed: int, group: int) -> int:
+    return (seed + 0x9E3779B97F4A7C15 * (group + 1)) % (1 << 63)
+
+
+def _stream_seed(checksum: str) -> int:
+    """Keystream and PRNG seed: the pixel checksum's first 63 bits, so the
+    header stores it once (as the checksum)."""
+    return int.from_bytes(bytes.fromhex(checksum)[:8], "little") >> 1
+
+
+# ---- encode -------------------------------------------------------------
+# Grid fractions a one-unit group falls back to while the stack is too small for
+# the main grid, before the encoder pays for one more classical seed unit (first
+# group) or PRNG top-up words (later): a coarser latent grid lowers what the pops
+# read (~2 bits/dim less per doubling) for a small rate cost on that one group
+# (default model, T_eval 100: +0.9% at 1.0, +2% at 1.5, ~0 at 0.5 and 0.25), so
+# the finest affordable step down is tried first.
+COARSE_GRIDS = (0.5, 1.0, 2.0)
+# A first group still short on the coarsest grid takes PRNG top-up words (pure dead
+# weight) when they cost less than this share of the next unit's classical code,
+# else that unit becomes one more seed unit, whose cost is its excess over the model:
+# 25-30% of a WebP code on Fashion-MNIST (4.03 vs -VLB 2.7-3.0 bits/dim).
+SEED_EXCESS_SHARE = 0.25
+MIN_GRID, MAX_GRID = 0.05, 2.0   # main grid fractions the encoder accepts
+C_MIN_GRID, C_MAX_GRID = 1e-6, 1e3  # what a decoder accepts from a header
+GROUP_STEPS = 100     # T_eval a pixel-group stream leaves out of its header (the default model's)
+TILE_CHOICES = ("auto", "always", "never")
+# "auto": a stream with this many whole-plane units or more keeps whole planes; a
+# smaller one (one image, say) tries every layout below and keeps the smallest stream.
+# Why: a stream of a few units pays a whole unit's classical seed (~1 bit/dim over the
+# model on that unit), and one unit alone cannot use the chain at all, while tiles lose
+# the context across their borders. Which layout wins depends on the content (default
+# model, -VLB of 98x98 crops of test mosaics, cut through the garments: 3.69 / 3.56 /
+# 3.60 bits/dim as 28-pixel tiles / 56-pixel tiles / one plane; of 84x84 mosaics, aligned
+# with them: 2.88 / 3.24 / 3.18).
+TILE_BELOW_UNITS = 8
+# ... and only while the model-size tiles number at most this many (each layout tried
+# is a whole encode; a larger image gets model-size tiles alone).
+TRY_LAYOUTS_UP_TO = 64
+
+
+def tile_options(images: list[ImageRecord], model: DiffusionModel, tiles: str = "auto") -> list[int]:
+    """Tile sides the encoder tries, first the one it shows progress for (0: whole planes)."""
+    if tiles not in TILE_CHOICES:
+        raise ValueError(f"tiles must be one of {TILE_CHOICES}")
+    side = getattr(model.unet.cfg, "image_size", 0)
+    if tiles == "never" or not is_uint(side) or side < 1 or \
+            not any(max(im.pixels.shape[:2]) > side for im in images):
+        return [0]                        # tiles would change nothing
+    if tiles == "always":
+        return [side]
+    whole_ok = all(im.pixels.shape[0] * im.pixels.shape[1] <= MAX_UNIT_PIXELS for im in images)
+    if whole_ok and count_units(images, model.channels) >= TILE_BELOW_UNITS:
+        return [0]
+    if count_units(images, model.channels, side) > TRY_LAYOUTS_UP_TO:
+        return [side]
+    larger = [2 * side] if any(max(im.pixels.shape[:2]) > 2 * side for im in images) else []
+    return [side, *larger, *([0] if whole_ok else [])]
+
+
+def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, steps: int = 100,
+           grid_fraction: float = DEFAULT_GRID, encrypt: bool = True, max_group: int = 64,
+           progress=None, seed_mode: str = "classical", tiles: str = "auto",
+           groups_model=None) -> tuple[bytes, EncodeReport]:
+    """seed_mode "classical": the first units are coded with the best classical
+    lossless codec and those bits are the initial bits of the first pops (real
+    data, not dead weight); as few units as the first group needs, each early
+    group on the finest grid in (grid_fraction, *COARSE_GRIDS) the stack funds.  With a single
+    unit the smaller of "classical only" and a PRNG-seeded chain wins.
+    seed_mode "random": PRNG seed words (the literature's initial bits).
+    tiles: "auto", "always" or "never" cut images into tiles of the model's
+    training size (`tile_options`; "auto" keeps the smaller stream).
+    groups_model: (conditional net, fingerprint) of the model's pixel-group
+    companion, or None; a stream of one unit of its size is then also tried as
+    pixel groups (`ddpm_codec.codec.lossless_groups`) and the smallest stream kept."""
+    if seed_mode not in ("classical", "random"):
+        raise ValueError("seed_mode must be 'classical' or 'random'")
+    if not MIN_GRID <= float(grid_fraction) <= MAX_GRID:
+        raise C.CodecError(f"grid fraction {grid_fraction} is outside {MIN_GRID}..{MAX_GRID:g} "
+                           "(bin width / noise scale)")
+    tried = []
+    for tile in tile_options(images, model, tiles):
+        args = (images, model, fingerprint, steps, float(grid_fraction), encrypt, max_group, tile)
+        if seed_mode == "classical" and count_units(images, model.channels, tile) == 1:
+            tried.append(_Encoder(*args, progress, "classical").run())
+            if groups_model is not None and \
+                    LG.supports(groups_model[0], _units(images, model.channels, model.unet.multiple, tile)[0][2].shape):
+                tried.append(_encode_pixel_groups(images, *groups_model, steps, float(grid_fraction), encrypt, tile))
+            else:     # a PRNG-seeded chain: dead weight, rarely smaller, but pixel groups always are
+                tried.append(_Encoder(*args, None, "random").run())
+        else:
+            tried.append(_Encoder(*args, progress, seed_mode).run())
+        progress = None                  # the bar follows the first option only
+    keep = min(tried, key=lambda r: len(r[0]))
+    keep[1].rejected_bytes = min((len(d) for d, _ in tried if d is not keep[0]), default=0)
+    return keep
+
+
+class _Encoder:
+    """One stream: classical seed units, then Bit-Swap groups that grow as
+    fast as the stack funds them (see the module doc)."""
+
+    def __init__(self, images, model, fingerprint, steps, grid_fraction, encrypt, max_group, tile, progress,
+                 seed_mode):
+        if not images:
+            raise C.CodecError("nothing to compress: no images given")
+        self.images, self.model, self.fingerprint = images, model, fingerprint
+        self.steps, self.grid, self.encrypt, self.max_group = steps, grid_fraction, encrypt, max_group
+        self.progress, self.seed_mode = progress, seed_mode
+        self.tile = tile
+        self.units = _units(images, model.channels, model.unet.multiple, tile)
+        self.checksum = pixel_checksum(images)
+        self.seed = _stream_seed(self.checksum)
+        self.times = model.schedule.chain(steps)
+        self._chains = {}
+        # grids a group may fall back to while the stack is small (never for the
+        # PRNG-seeded first group, which gets whatever initial bits it needs)
+        self.grids = [self.grid] + [g for g in COARSE_GRIDS if g > self.grid]
+
+    def chain(self, g: float) -> DiffusionChain:
+        if g not in self._chains:
+            self._chains[g] = DiffusionChain(self.model, self.times, g)
+        return self._chains[g]
+
+    def _topped_up(self, x, g, msg, gseed, topup_seed, short_bits, budget_bits):
+        """(stream, stats) of this group on `msg` plus the fewest PRNG words that fund
+        it (grown from the shortfall the failed try reported), or None if they would
+        cost more than ``budget_bits``."""
+        words = math.ceil((short_bits + 64) / 32)
+        while 32 * words <= budget_bits:
+            try:
+                return bitswap.encode(x, self.chain(g), msg, seed=gseed, encrypt=self.encrypt,
+                                      initial=words, initial_seed=topup_seed)
+            except InsufficientInitialBits as e:
+                words += max(1, math.ceil((e.needed_bits + 64) / 32))
+        return None
+
+    def _tick(self, n):
+        if self.progress:
+            self.progress(n)
+
+    def run(self) -> tuple[bytes, EncodeReport]:
+        t_start = time.perf_counter()
+        units, order, seed = self.units, _coding_order(self.units), self.seed
+        pick = S.pick_first_seed(units, order) if self.seed_mode == "classical" else 0
+        order = _pick_first(order, pick)
+        rep = EncodeReport(dims=int(sum(im.pixels.size for im in self.images)))
+        seed_codes, m = [], 0        # units order[:m] are coded classically as the seed
+        base_words = np.zeros(0, np.uint32)
+        sizes, topups = [], []       # group sizes in coding order; [group, PRNG words] where topped up
+        seed_added, gi = 0, 0       # gi: index into self.grids for the group being tried
+        coarse = []                  # [group, grid fraction] of groups not on the main grid
+        need_per_unit = None         # bits one unit draws from the stack, measured on the first group
+        msg = Message.empty()
+        pos = 0
+        while pos < len(order):
+            shape = units[order[pos]][2].shape
+            run = 1
+            while pos + run < len(order) and units[order[pos + run]][2].shape == shape:
+                run += 1
+            size = 1
+            if need_per_unit and gi == 0:
+                size = max(1, min(self.max_group, run, int(msg.num_bits() / need_per_unit)))
+            first = not sizes
+            g = self.grids[gi]
+            x = np.stack([units[order[pos + j]][2] for j in range(size)])
+            gseed = seed + len(sizes)
+            topup = 0
+            try:
+                if first and self.seed_mode == "random":
+                    new, st = bitswap.encode(x, self.chain(g), None, seed=gseed, encrypt=self.encrypt,
+                                             initial="auto", initial_seed=seed)
+                else:
+                    new, st = bitswap.encode(x, self.chain(g), msg, seed=gseed, encrypt=self.encrypt,
+                                             initial=np.zeros(0, np.uint32), initial_seed=seed)
+            except InsufficientInitialBits as short:
+                if size > 1:
+                    need_per_unit *= 1.5
+                    continue
+                if gi + 1 < len(self.grids):          # one unit on a coarser grid
+                    gi += 1
+                    continue
+                tried = None
+                if first:
+                    # the stack cannot fund the first chain group yet: PRNG words for the
+                    # shortfall if they cost clearly less than one more classical unit's excess
+                    code = S.classical_best(units[order[pos]][2])
+                    tried = self._topped_up(x, g, msg, gseed, _topup_seed(seed, len(sizes)), short.needed_bits,
+                                            SEED_EXCESS_SHARE * 8 * len(code[1]))
+                    if tried is None:
+                        seed_codes.append(code)
+                        base_words = S.seed_words([c for _, c in seed_codes])
+                        msg = Message.from_words(base_words)
+                        m, pos, gi = m + 1, pos + 1, 0
+                        self._tick(1)
+                        continue
+                # a unit larger than the stack funds even on the coarsest grid (rare:
+                # sizes descend), or a first group a little short: top the stack up
+                # with PRNG words, recorded so the decoder strips them
+                if tried is None:
+                    new, st = bitswap.encode(x, self.chain(g), msg, seed=gseed, encrypt=self.encrypt,
+                                             initial="auto", initial_seed=_topup_seed(seed, len(sizes)))
+                else:
+                    new, st = tried
+                topup = int(st.added_initial_words)
+                rep.topup_bits += 32 * topup
+                topups.append([len(sizes), topup])
+            if first and not topup:
+                seed_added = st.added_initial_words
+            if need_per_unit is None and not topup:
+                # what a unit on the main grid draws: the first pop reads ~1 bit/dim more per
+                # halving of the grid, on two latents at once (Bit-Swap's peak)
+                extra = 2 * x[0].size * np.log2(g / self.grid)
+                need_per_unit = 1.15 * (max(st.initial_bits_used, 1) / size + extra)
+            if g != self.grid:
+                coarse.append([len(sizes), g])
+            rep.ideal_net_bits += st.ideal_net_bits
+            for j in range(size):
+                i = units[order[pos + j]][0]
+                rep.ideal_bits_by_image[i] = rep.ideal_bits_by_image.get(i, 0.0) + float(st.per_image_bits[j])
+            msg = new
+            sizes.append(size)
+            pos += size
+            gi = 0
+            self._tick(size)
+        words = msg.words()
+        n_common = 0
+        if self.seed_mode == "random":
+            base = seeded_words(seed, seed_added)
+            lim = min(base.size, words.size)
+            while n_common < lim and words[n_common] == base[n_common]:
+                n_common += 1
+        payload = words[n_common:].astype("<u4").tobytes()
+        header = {
+            "codec": CODEC, "seed_mode": self.seed_mode,
+            "seed_codecs": [S.SEED_CODECS.index(c) for c, _ in seed_codes], "seed_pick": pick,
+            "groups": sizes,
+            "images": [[im.name, im.mode, *map(int, im.pixels.shape)] for im in self.images],
+            "pixels_sha256": self.checksum, "tile": self.tile,
+        }
+        if sizes:      # what the chain's decoder needs (a classical-only stream has no chain)
+            header.update({
+                "steps": int(self.steps), "times_sha": _times_hash(self.times), "grid_fraction": self.grid,
+                "coarse": [v for grp, g in coarse for v in (grp, COARSE_GRIDS.index(g))],
+                "seed_words_omitted": int(n_common), "topups": topups,
+                "torch": torch.__version__, "threads": torch.get_num_threads()})
+            if self.seed_mode == "random":      # a classical seed's length is what the chain leaves
+                header["seed_words"] = int(seed_added)
+        header = {k: v for k, v in header.items() if k not in HEADER_DEFAULTS or v != HEADER_DEFAULTS[k]}
+        data = C.pack(C.Container("lossless", self.fingerprint, header, payload, self.encrypt))
+        rep.file_bytes = len(data)
+        rep.tile = self.tile
+        rep.units = len(units)
+        rep.seed_words_added = seed_added
+        rep.seed_bits_consumed = 32 * (seed_added - n_common) if self.seed_mode == "random" else 0
+        rep.seed_units = m
+        rep.seed_images = sorted({units[order[n]][0] for n in range(m)})
+        rep.seed_bits = 32 * int(base_words.size)
+        stack_base = 32 * seed_added if self.seed_mode == "random" else 32 * int(base_words.size)
+        rep.net_bits = msg.num_bits() - stack_base - rep.topup_bits
+        rep.chain_dims = int(sum(units[order[n]][2].size for n in range(m, len(order))))
+        rep.groups = [[m + sum(sizes[:k]), s] for k, s in enumerate(sizes)]
+        rep.coarse = coarse
+        rep.network_s = sum(c.network_seconds for c in self._chains.values())
+        rep.total_s = time.perf_counter() - t_start
+        return data, rep
+
+
+@contextmanager
+def _torch_threads(n: int | None):
+    """Run with n torch threads (None: as they are), restored afterwards."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _checked_checksum(h: dict) -> str:
+    """The header's pixel checksum: 16 lowercase hex digits (also the stream seed)."""
+    checksum = C.field(h, "pixels_sha256", str)
+    if len(checksum) != 16 or any(ch not in "0123456789abcdef" for ch in checksum):
+        raise C.StreamError("corrupt stream: bad pixel checksum")
+    return checksum
+
+
+def torch_digest() -> str:
+    """16 bits of the torch version's SHA-256: what a one-image stream records of it."""
+    import hashlib
+    return hashlib.sha256(torch.__version__.encode()).hexdigest()[:4]
+
+
+def _encode_pixel_groups(images, gmodel, gfp, steps, grid, encrypt, tile) -> tuple[bytes, EncodeReport]:
+    """One unit as pixel groups, each given those decoded before it; the
+    stream records the conditional net's fingerprint, and its header only what
+    the decoder needs (every byte is 0.01 bits/dim of a 28 x 28 image)."""
+    t_start = time.perf_counter()
+    (unit,) = _units(images, gmodel.channels, gmodel.unet.multiple, tile)
+    checksum = pixel_checksum(images)
+    seed = _stream_seed(checksum)
+    times = gmodel.schedule.chain(steps)
+    with _torch_threads(1):    # always one thread: batch-1 calls gain little from more, and the header need not say
+        res = LG.encode(unit.pixels, gmodel, times, grid, seed, encrypt)
+    header = {
+        "pixel_groups": LG.group_codes(res, LG.count(unit.pixels.shape), LG.COARSE_GRIDS),
+        "images": [[im.name, im.mode, *map(int, im.pixels.shape)] for im in images],
+        "pixels_sha256": checksum, "tile": tile, "steps": int(steps), "grid_fraction": grid,
+        "determinism": torch_digest()}
+    header = {k: v for k, v in header.items() if (k not in HEADER_DEFAULTS or v != HEADER_DEFAULTS[k])
+              and not (k == "steps" and v == GROUP_STEPS)}
+    data = C.pack(C.Container("lossless", gfp, header, res.words.astype("<u4").tobytes(), encrypt))
+    rep = EncodeReport(file_bytes=len(data), dims=int(sum(im.pixels.size for im in images)), tile=tile, units=1)
+    rep.seed_bits = res.direct_bits           # the groups coded directly (the first one at least)
+    rep.net_bits = 32 * int(res.words.size)
+    rep.chain_dims = int(unit.pixels.size)
+    rep.ideal_net_bits = res.ideal_net_bits
+    rep.ideal_bits_by_image = {unit.image: rep.ideal_net_bits}
+    rep.pixel_groups = LG.count(unit.pixels.shape)
+    rep.coarse = res.coarse
+    rep.network_s = res.network_s
+    rep.total_s = time.perf_counter() - t_start
+    return data, rep
+
+
+def _decode_pixel_groups(c, h, gmodel, progress) -> list[ImageRecord]:
+    F = C.field
+    tile = F(h, "tile", int, 0, 1 << 16)
+    check_image_list(h, len(c.payload), MAX_TILED_PIXELS if tile else MAX_UNIT_PIXELS)
+    checksum = _checked_checksum(h)
+    if F(h, "groups", list) or F(h, "seed_codecs", list):
+        raise C.StreamError("corrupt stream: pixel groups with unit groups or a classical seed")
+    if len(c.payload) % 4:
+        raise C.StreamError("corrupt stream: payload is not whole words")
+    steps = F({"steps": GROUP_STEPS, **h}, "steps", int, 1, 100000)
+    grid = F(h, "grid_fraction", float, C_MIN_GRID, C_MAX_GRID)
+    images = [ImageRecord(np.zeros((hh, ww, cc), np.uint8), name, mode) for name, mode, hh, ww, cc in h["images"]]
+    try:
+        units = _units(images, gmodel.channels, gmodel.unet.multiple, tile)
+    except C.CodecError as e:
+        raise C.StreamError(f"corrupt stream: {e}")
+    if len(units) != 1 or not LG.supports(gmodel, units[0].pixels.shape):
+        raise C.StreamError("corrupt stream: pixel groups do not match the image")
+    try:
+        coarse, direct = LG.read_group_codes(F(h, "pixel_groups", str), LG.count(units[0].pixels.shape),
+                                             LG.COARSE_GRIDS)
+    except ValueError as e:
+        raise C.StreamError(f"corrupt stream: {e}")
+    work = steps * LG.count(units[0].pixels.shape) * (units[0].pixels.size + WORK_PER_GROUP)
+    if work > max(MIN_WORK, WORK_PER_PAYLOAD_BIT * 8 * len(c.payload)):
+        raise C.StreamError("corrupt stream: the header asks for more decoding work than its payload justifies")
+    try:
+        times = gmodel.schedule.chain(steps)
+    except ValueError as e:
+        raise C.StreamError(f"corrupt stream: its chain does not fit this model ({e})")
+    seed = _stream_seed(checksum)
+    words = np.frombuffer(c.payload, dtype="<u4").astype(np.uint32)
+    try:
+        with _torch_threads(1):
+            px, left = LG.decode(words, gmodel, times, grid, seed, c.encrypted, units[0].pixels.shape, coarse,
+                                 direct)
+    except (BitsBackError, ValueError, ArithmeticError) as e:
+        raise C.StreamError(f"decoding failed ({type(e).__name__}): the stream is damaged or was made "
+                            f"under different conditionals (see the determinism contract)")
+    if left.size:
+        raise C.StreamError("decoding failed: bits are left over (damaged stream or conditionals that "
+                            "differ from the encoder's)")
+    place_unit(images[units[0].image], units[0], px)
+    if pixel_checksum(images) != checksum:
+        raise C.StreamError("decoded pixels fail the checksum (damaged stream or different conditionals)")
+    if progress:
+        progress(1)
+    return images
+
+
+# ---- decode -------------------------------------------------------------
+def _check_header(h: dict, payload_bytes: int):
+    """Types and bounds of every field; a stream without chain groups (the
+    classical seed alone) carries no chain fields."""
+    F = C.field
+    if F(h, "codec", str) != CODEC:
+        raise C.StreamError(f"unknown lossless codec {h.get('codec')!r}")
+    tile = F(h, "tile", int, 0, 1 << 16)
+    imgs = check_image_list(h, payload_bytes, MAX_TILED_PIXELS if tile else MAX_UNIT_PIXELS)
+    sizes = F(h, "groups", list)
+    if len(sizes) > MAX_UNITS or not all(is_uint(v) and v >= 1 for v in sizes):
+        raise C.StreamError("corrupt stream: bad group list")
+    if F(h, "seed_mode", str) not in ("classical", "random"):
+        raise C.StreamError("corrupt stream: unknown seed mode")
+    codecs = F(h, "seed_codecs", list)
+    if len(codecs) > len(imgs) * 4 or not all(is_uint(c) and c < len(S.SEED_CODECS) for c in codecs):
+        raise C.StreamError("corrupt stream: bad seed codec list")
+    _checked_checksum(h)
+    F(h, "seed_pick", int, 0, S.PICK_AMONG - 1)
+    if not sizes:
+        if h["seed_mode"] != "classical":
+            raise C.StreamError("corrupt stream: a PRNG-seeded stream without chain groups")
+        return
+    if h["seed_mode"] == "random":
+        F(h, "seed_words", int, 0, 16 * (payload_bytes // 4) + 4096)    # the consumed seed is in the payload
+    F(h, "steps", int, 1, 100000)
+    F(h, "grid_fraction", float, 1e-6, 1e3)
+    F(h, "seed_words_omitted", int, 0, h["seed_words"] if h["seed_mode"] == "random" else 0)
+    topups = F(h, "topups", list)
+    if len(topups) > len(sizes) or not all(
+            isinstance(t, list) and len(t) == 2 and is_uint(t[0]) and t[0] < len(sizes) and is_uint(t[1])
+            and 1 <= t[1] <= 1 << 24 for t in topups) or len({t[0] for t in topups}) != len(topups):
+        raise C.StreamError("corrupt stream: bad top-up list")
+    coarse = F(h, "coarse", list)     # flat: group, index into COARSE_GRIDS, ...
+    if len(coarse) % 2 or len(coarse) > 2 * len(sizes) or not all(is_uint(v) for v in coarse) \
+            or not all(g < len(sizes) and k < len(COARSE_GRIDS) for g, k in zip(coarse[::2], coarse[1::2])) \
+            or len(set(coarse[::2])) != len(coarse) // 2:
+        raise C.StreamError("corrupt stream: bad grid list")
+
+
+def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None,
+           groups_model=None) -> list[ImageRecord]:
+    """groups_model: (conditional net, fingerprint) of the model's pixel-group
+    companion, which a stream of one image coded by pixel groups needs."""
+    c = C.parse(data)
+    if c.mode != "lossless":
+        raise C.StreamError("not a lossless stream")
+    h = {**HEADER_DEFAULTS, **c.header}
+    if "pixel_groups" in c.header:
+        if groups_model is None:
+            raise C.ModelMismatch("stream was coded by pixel groups with a conditional net, and the model "
+                                  "given has none (its *_groups.json companion); pass the right --model")
+        C.check_model(c, groups_model[1])
+        return _decode_pixel_groups(c, h, groups_model[0], progress)
+    C.check_model(c, fingerprint)
+    _check_header(h, len(c.payload))
+    if len(c.payload) % 4:
+        raise C.StreamError("corrupt stream: payload is not whole words")
+    sizes = h["groups"]
+    times = None
+    if sizes:
+        try:
+            times = model.schedule.chain(h["steps"])
+        except ValueError as e:
+            raise C.StreamError(f"corrupt stream: its chain does not fit this model ({e})")
+        if _times_hash(times) != h.get("times_sha"):
+            raise C.ModelMismatch("stream's chain times differ from this model's chain")
+    images = [ImageRecord(np.zeros((hh, ww, cc), np.uint8), name, mode) for name, mode, hh, ww, cc in h["images"]]
+    try:
+        units = _units(images, model.channels, model.unet.multiple, h["tile"])
+    except C.CodecError as e:
+        raise C.StreamError(f"corrupt stream: {e}")
+    if h["seed_pick"] >= len(units):
+        raise C.StreamError("corrupt stream: bad seed pick")
+    order = _pick_first(_coding_order(units), h["seed_pick"])
+    codecs = [S.SEED_CODECS[k] for k in h["seed_codecs"]]
+    m = len(codecs) if h["seed_mode"] == "classical" else 0
+    # the groups tile order[m:] exactly, in order, each of one shape
+    starts, expect = [], m
+    for size in sizes:
+        if expect + size > len(order) or len({units[order[expect + j]][2].shape for j in range(size)}) != 1:
+            raise C.StreamError("corrupt stream: groups do not match the images")
+        starts.append(expect)
+        expect += size
+    if expect != len(order) or m > len(order):
+        raise C.StreamError("corrupt stream: groups do not cover the images")
+    topup_of = {g: w for g, w in h["topups"]}
+    seed = _stream_seed(h["pixels_sha256"])
+    work = h.get("steps", 0) * (sum(u[2].size for u in units) + WORK_PER_GROUP * len(sizes))
+    if work > max(MIN_WORK, WORK_PER_PAYLOAD_BIT * 8 * len(c.payload)):
+        raise C.StreamError("corrupt stream: the header asks for more decoding work than its payload justifies")
+    payload_words = np.frombuffer(c.payload, dtype="<u4").astype(np.uint32)
+    if h["seed_mode"] == "random":
+        words = np.concatenate([seeded_words(seed, h["seed_words_omitted"]), payload_words])
+    else:
+        words = payload_words
+    msg = Message.from_words(words)
+    grid_of = {n: COARSE_GRIDS[k] for n, k in zip(h["coarse"][::2], h["coarse"][1::2])}
+    chains = {g: DiffusionChain(model, times, g) for g in {h["grid_fraction"], *grid_of.values()}} if sizes else {}
+    want = h.get("threads")
+    try:
+        with _torch_threads(want if is_uint(want) and 1 <= want <= 1024 else None):
+            for n in range(len(sizes) - 1, -1, -1):
+                members = order[starts[n]:starts[n] + sizes[n]]
+                shape = (sizes[n], *units[members[0]][2].shape)
+                chain = chains[grid_of.get(n, h["grid_fraction"])]
+                x, msg = bitswap.decode(msg, chain, shape, seed=seed + n, encrypt=c.encrypted,
+                                        expect_initial=None)
+                topup = topup_of.get(n, 0)
+                if topup:
+                    w = msg.words()
+                    if w.size < topup or not np.array_equal(w[-topup:], seeded_words(_topup_seed(seed, n), topup)):
+                        raise C.StreamError("decoding failed: top-up bits did not come back (damaged stream "
+                                            "or different conditionals)")
+                    msg = Message.from_words(w[:-topup])
+                for j, k in enumerate(members):
+                    units[k][2][...] = x[j]
+                if progress:
+                    progress(sizes[n])
+    except (BitsBackError, ValueError, ArithmeticError) as e:     # garbage latents: escapes, non-finite values
+        raise C.StreamError(f"decoding failed ({type(e).__name__}): the stream is damaged or was made "
+                            f"under different conditionals (see the determinism contract)")
+    left = msg.words()
+    if h["seed_mode"] == "random":
+        if not np.array_equal(left, seeded_words(seed, h["seed_words"])):
+            raise C.StreamError("decoding failed: the seed bits did not come back (damaged stream or "
+                                "conditionals that differ from the encoder's)")
+    else:
+        for n, (codec, code) in enumerate(zip(codecs, S.unseed(left, m))):
+            S.decode_unit(codec, code, units[order[n]][2])
+    for u in units:
+        place_unit(images[u.image], u)
+    if pixel_checksum(images) != h["pixels_sha256"]:
+        raise C.StreamError("decoded pixels fail the checksum (damaged stream or different conditionals)")
+    return images
