@@ -33,6 +33,8 @@ A retry of ``initial="auto"`` repeats the encoder's calls up to the short pop
 earlier run, to rule retries out).
 """
 
+import numpy as np
+
 from bitsback.ans import initial as initial_bits
 from bitsback.chains.chain import Timed, bin_width, validate
 from bitsback.chains.stats import Accountant, Stats
@@ -126,3 +128,30 @@ def _decode(message, chain, shape, seed, encrypt, expect_initial, initial_seed):
     initial_bits.check(msg, expect_initial, seed if initial_seed is None else initial_seed)
     return x, msg
 
+
+
+class Codec:
+    """Bit-Swap for a batch of ``shape`` images as a push/pop codec
+    (:mod:`bitsback.ans.codecs`): push draws its initial bits from the message
+    it is given (InsufficientInitialBits when that is too short) and keeps the
+    run's Stats in ``.stats``; pop returns the message under the batch."""
+
+    def __init__(self, chain, shape, *, seed: int, encrypt: bool = True):
+        self.chain, self.shape = chain, tuple(int(s) for s in shape)
+        self.seed, self.encrypt = int(seed), bool(encrypt)
+        self.stats = None
+        self.name = f"bitswap{self.shape}"
+
+    def push(self, message, x):
+        if tuple(x.shape) != self.shape:
+            raise ValueError(f"bitswap codec for {self.shape} given {tuple(x.shape)}")
+        new, self.stats = encode(x, self.chain, message, seed=self.seed, encrypt=self.encrypt,
+                                 initial=_NO_WORDS)
+        return new
+
+    def pop(self, message):
+        x, left = decode(message, self.chain, self.shape, seed=self.seed, encrypt=self.encrypt)
+        return left, x
+
+
+_NO_WORDS = np.zeros(0, np.uint32)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -41,10 +41,21 @@ from bitsback.errors import BitsBackError, InsufficientInitialBits
 from ddpm_codec.codec import classical_seed as S
 from ddpm_codec.codec import lossless_groups as LG
 from ddpm_codec.codec.chain import DEFAULT_GRID, DiffusionChain
+from ddpm_codec.codec.lossless_plan import (
+    COARSE_GRIDS,
+    HEADER_MAX_GRID,
+    HEADER_MIN_GRID,
+    Plan,
+    SeedMode,
+    Step,
+    group_codec,
+    seed_codec,
+    stream_codec,
+    topup_seed,
+)
 from ddpm_codec.codec.units import (
     MAX_TILED_PIXELS,
     MAX_UNIT_PIXELS,
-    MAX_UNITS,
     ImageRecord,
     check_image_list,
     count_units,
@@ -107,10 +118,6 @@ class EncodeReport:
         return self.net_bits / max(self.chain_dims, 1)
 
 
-def _topup_seed(seed: int, group: int) -> int:
-    return (seed + 0x9E3779B97F4A7C15 * (group + 1)) % (1 << 63)
-
-
 def _stream_seed(checksum: str) -> int:
     """Keystream and PRNG seed: the pixel checksum's first 63 bits, so the
     header stores it once (as the checksum)."""
@@ -124,14 +131,14 @@ def _stream_seed(checksum: str) -> int:
 # read (~2 bits/dim less per doubling) for a small rate cost on that one group
 # (default model, T_eval 100: +0.9% at 1.0, +2% at 1.5, ~0 at 0.5 and 0.25), so
 # the finest affordable step down is tried first.
-COARSE_GRIDS = (0.5, 1.0, 2.0)
+# (COARSE_GRIDS: lossless_plan, where the header's index into it is read)
 # A first group still short on the coarsest grid takes PRNG top-up words (pure dead
 # weight) when they cost less than this share of the next unit's classical code,
 # else that unit becomes one more seed unit, whose cost is its excess over the model:
 # 25-30% of a WebP code on Fashion-MNIST (4.03 vs -VLB 2.7-3.0 bits/dim).
 SEED_EXCESS_SHARE = 0.25
 MIN_GRID, MAX_GRID = 0.05, 2.0   # main grid fractions the encoder accepts
-C_MIN_GRID, C_MAX_GRID = 1e-6, 1e3  # what a decoder accepts from a header
+
 GROUP_STEPS = 100     # T_eval a pixel-group stream leaves out of its header (the default model's)
 TILE_CHOICES = ("auto", "always", "never")
 # "auto": a stream with this many whole-plane units or more keeps whole planes; a
@@ -206,8 +213,11 @@ def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, s
 
 
 class _Encoder:
-    """One stream: classical seed units, then Bit-Swap groups that grow as
-    fast as the stack funds them (see the module doc)."""
+    """Searches the plan of one stream (classical seed units, then Bit-Swap
+    groups that grow as fast as the stack funds them; see the module doc),
+    pushing each accepted piece with the codec the plan defines
+    (`lossless_plan.group_codec`), so the message it ends with is the plan's
+    `stream_codec` pushed over the units."""
 
     def __init__(self, images, model, fingerprint, steps, grid_fraction, encrypt, max_group, tile, progress,
                  seed_mode):
@@ -215,7 +225,7 @@ class _Encoder:
             raise C.CodecError("nothing to compress: no images given")
         self.images, self.model, self.fingerprint = images, model, fingerprint
         self.steps, self.grid, self.encrypt, self.max_group = steps, grid_fraction, encrypt, max_group
-        self.progress, self.seed_mode = progress, seed_mode
+        self.progress, self.seed_mode = progress, SeedMode(seed_mode)
         self.tile = tile
         self.units = _units(images, model.channels, model.unet.multiple, tile)
         self.checksum = pixel_checksum(images)
@@ -231,57 +241,76 @@ class _Encoder:
             self._chains[g] = DiffusionChain(self.model, self.times, g)
         return self._chains[g]
 
-    def _topped_up(self, x, g, msg, gseed, topup_seed, short_bits, budget_bits):
-        """(stream, stats) of this group on `msg` plus the fewest PRNG words that fund
-        it (grown from the shortfall the failed try reported), or None if they would
-        cost more than ``budget_bits``."""
+    def _plan(self, steps, seed_words=0) -> Plan:
+        return Plan(self.seed_mode, self.pick, tuple(c for c, _ in self.seed_codes), seed_words, self.grid,
+                    tuple(steps))
+
+    def _push(self, steps, msg, x):
+        """Push the last step of `steps` with its plan codec: (message, Stats)."""
+        codec = group_codec(self._plan(steps), len(steps) - 1, x.shape[1:], self.chain, self.seed, self.encrypt)
+        new = codec.push(msg, [None, x] if steps[-1].topup else x)
+        return new, (codec.parts[-1] if steps[-1].topup else codec).stats
+
+    def _topped_up(self, steps, step, msg, x, short_bits, budget_bits):
+        """(message, stats, words) of `step` over the fewest PRNG top-up words that
+        fund it (grown from the shortfall a failed try reported), or None if they
+        would cost more than ``budget_bits``."""
         words = math.ceil((short_bits + 64) / 32)
         while 32 * words <= budget_bits:
             try:
-                return bitswap.encode(x, self.chain(g), msg, seed=gseed, encrypt=self.encrypt,
-                                      initial=words, initial_seed=topup_seed)
+                return (*self._push(steps + [replace(step, topup=words)], msg, x), words)
             except InsufficientInitialBits as e:
                 words += max(1, math.ceil((e.needed_bits + 64) / 32))
         return None
+
+    def _auto_topup(self, steps, step, msg, x):
+        """`step` over as many top-up words as bitswap's "auto" finds it needs."""
+        _, st = bitswap.encode(x, self.chain(step.grid), msg, seed=self.seed + len(steps), encrypt=self.encrypt,
+                               initial="auto", initial_seed=topup_seed(self.seed, len(steps)))
+        words = int(st.added_initial_words)
+        return (*self._push(steps + [replace(step, topup=words)], msg, x), words)
 
     def _tick(self, n):
         if self.progress:
             self.progress(n)
 
-    def run(self) -> tuple[bytes, EncodeReport]:
-        t_start = time.perf_counter()
-        units, order, seed = self.units, _coding_order(self.units), self.seed
-        pick = S.pick_first_seed(units, order) if self.seed_mode == "classical" else 0
-        order = _pick_first(order, pick)
-        rep = EncodeReport(dims=int(sum(im.pixels.size for im in self.images)))
-        seed_codes, m = [], 0        # units order[:m] are coded classically as the seed
-        base_words = np.zeros(0, np.uint32)
-        sizes, topups = [], []       # group sizes in coding order; [group, PRNG words] where topped up
-        seed_added, gi = 0, 0       # gi: index into self.grids for the group being tried
-        coarse = []                  # [group, grid fraction] of groups not on the main grid
-        need_per_unit = None         # bits one unit draws from the stack, measured on the first group
-        msg = Message.empty()
-        pos = 0
-        while pos < len(order):
-            shape = units[order[pos]][2].shape
-            run = 1
-            while pos + run < len(order) and units[order[pos + run]][2].shape == shape:
-                run += 1
-            size = 1
-            if need_per_unit and gi == 0:
-                size = max(1, min(self.max_group, run, int(msg.num_bits() / need_per_unit)))
-            first = not sizes
-            g = self.grids[gi]
-            x = np.stack([units[order[pos + j]][2] for j in range(size)])
-            gseed = seed + len(sizes)
-            topup = 0
+    def _group_size(self, pos, msg, gi, need_per_unit) -> int:
+        """Units of one shape from `pos` that the stack is expected to fund."""
+        order, units = self.order, self.units
+        shape = units[order[pos]].pixels.shape
+        run = 1
+        while pos + run < len(order) and units[order[pos + run]].pixels.shape == shape:
+            run += 1
+        if need_per_unit and gi == 0:
+            return max(1, min(self.max_group, run, int(msg.num_bits() / need_per_unit)))
+        return 1
+
+    def _add_seed_unit(self, code):
+        self.seed_codes.append(code)
+        self._tick(1)
+        return seed_codec(self._plan([]), self.seed).push(Message.empty(), [c for _, c in self.seed_codes])
+
+    def search(self):
+        """(plan, final message, stats per step) by trial and error."""
+        self.pick = S.pick_first_seed(self.units, _coding_order(self.units)) \
+            if self.seed_mode is SeedMode.CLASSICAL else 0
+        self.order = _pick_first(_coding_order(self.units), self.pick)
+        self.seed_codes, self.topup_bits = [], 0
+        steps, stats, msg = [], [], Message.empty()
+        seed_words, gi, need_per_unit, pos = 0, 0, None, 0
+        while pos < len(self.order):
+            size = self._group_size(pos, msg, gi, need_per_unit)
+            first, step = not steps, Step(pos, size, self.grids[gi])
+            x = np.stack([self.units[self.order[pos + j]].pixels for j in range(size)])
             try:
-                if first and self.seed_mode == "random":
-                    new, st = bitswap.encode(x, self.chain(g), None, seed=gseed, encrypt=self.encrypt,
-                                             initial="auto", initial_seed=seed)
+                if first and self.seed_mode is SeedMode.RANDOM:
+                    # the PRNG seed as bitswap's "auto" sizes it: the same message as
+                    # seed_codec(plan).push followed by the group's push (tests/test_codec_law.py)
+                    new, st = bitswap.encode(x, self.chain(step.grid), None, seed=self.seed, encrypt=self.encrypt,
+                                             initial="auto", initial_seed=self.seed)
+                    seed_words = int(st.added_initial_words)
                 else:
-                    new, st = bitswap.encode(x, self.chain(g), msg, seed=gseed, encrypt=self.encrypt,
-                                             initial=np.zeros(0, np.uint32), initial_seed=seed)
+                    new, st = self._push(steps + [step], msg, x)
             except InsufficientInitialBits as short:
                 if size > 1:
                     need_per_unit *= 1.5
@@ -293,86 +322,79 @@ class _Encoder:
                 if first:
                     # the stack cannot fund the first chain group yet: PRNG words for the
                     # shortfall if they cost clearly less than one more classical unit's excess
-                    code = S.classical_best(units[order[pos]][2])
-                    tried = self._topped_up(x, g, msg, gseed, _topup_seed(seed, len(sizes)), short.needed_bits,
-                                            SEED_EXCESS_SHARE * 8 * len(code[1]))
+                    code = S.classical_best(x[0])
+                    tried = self._topped_up(steps, step, msg, x, short.needed_bits, SEED_EXCESS_SHARE * 8 * len(code[1]))
                     if tried is None:
-                        seed_codes.append(code)
-                        base_words = S.seed_words([c for _, c in seed_codes])
-                        msg = Message.from_words(base_words)
-                        m, pos, gi = m + 1, pos + 1, 0
-                        self._tick(1)
+                        msg, pos, gi = self._add_seed_unit(code), pos + 1, 0
                         continue
                 # a unit larger than the stack funds even on the coarsest grid (rare:
                 # sizes descend), or a first group a little short: top the stack up
-                # with PRNG words, recorded so the decoder strips them
-                if tried is None:
-                    new, st = bitswap.encode(x, self.chain(g), msg, seed=gseed, encrypt=self.encrypt,
-                                             initial="auto", initial_seed=_topup_seed(seed, len(sizes)))
-                else:
-                    new, st = tried
-                topup = int(st.added_initial_words)
-                rep.topup_bits += 32 * topup
-                topups.append([len(sizes), topup])
-            if first and not topup:
-                seed_added = st.added_initial_words
-            if need_per_unit is None and not topup:
+                new, st, words = tried or self._auto_topup(steps, step, msg, x)
+                step = replace(step, topup=words)
+                self.topup_bits += 32 * words
+            if need_per_unit is None and not step.topup:
                 # what a unit on the main grid draws: the first pop reads ~1 bit/dim more per
                 # halving of the grid, on two latents at once (Bit-Swap's peak)
-                extra = 2 * x[0].size * np.log2(g / self.grid)
+                extra = 2 * x[0].size * np.log2(step.grid / self.grid)
                 need_per_unit = 1.15 * (max(st.initial_bits_used, 1) / size + extra)
-            if g != self.grid:
-                coarse.append([len(sizes), g])
-            rep.ideal_net_bits += st.ideal_net_bits
-            for j in range(size):
-                i = units[order[pos + j]][0]
-                rep.ideal_bits_by_image[i] = rep.ideal_bits_by_image.get(i, 0.0) + float(st.per_image_bits[j])
             msg = new
-            sizes.append(size)
+            steps.append(step)
+            stats.append(st)
             pos += size
             gi = 0
             self._tick(size)
+        return self._plan(steps, seed_words), msg, stats
+
+    def run(self) -> tuple[bytes, EncodeReport]:
+        t_start = time.perf_counter()
+        plan, msg, stats = self.search()
         words = msg.words()
         n_common = 0
-        if self.seed_mode == "random":
-            base = seeded_words(seed, seed_added)
+        if plan.seed_mode is SeedMode.RANDOM:
+            base = seeded_words(self.seed, plan.seed_words)
             lim = min(base.size, words.size)
             while n_common < lim and words[n_common] == base[n_common]:
                 n_common += 1
         payload = words[n_common:].astype("<u4").tobytes()
-        header = {
-            "codec": CODEC, "seed_mode": self.seed_mode,
-            "seed_codecs": [S.SEED_CODECS.index(c) for c, _ in seed_codes], "seed_pick": pick,
-            "groups": sizes,
-            "images": [[im.name, im.mode, *map(int, im.pixels.shape)] for im in self.images],
-            "pixels_sha256": self.checksum, "tile": self.tile,
-        }
-        if sizes:      # what the chain's decoder needs (a classical-only stream has no chain)
+        p = plan.header_fields()
+        header = {"codec": CODEC, **{k: p[k] for k in ("seed_mode", "seed_codecs", "seed_pick", "groups")},
+                  "images": [[im.name, im.mode, *map(int, im.pixels.shape)] for im in self.images],
+                  "pixels_sha256": self.checksum, "tile": self.tile}
+        if plan.steps:      # what the chain's decoder needs (a classical-only stream has no chain)
             header.update({
-                "steps": int(self.steps), "times_sha": _times_hash(self.times), "grid_fraction": self.grid,
-                "coarse": [v for grp, g in coarse for v in (grp, COARSE_GRIDS.index(g))],
-                "seed_words_omitted": int(n_common), "topups": topups,
+                "steps": int(self.steps), "times_sha": _times_hash(self.times), "grid_fraction": p["grid_fraction"],
+                "coarse": p["coarse"], "seed_words_omitted": int(n_common), "topups": p["topups"],
                 "torch": torch.__version__, "threads": torch.get_num_threads()})
-            if self.seed_mode == "random":      # a classical seed's length is what the chain leaves
-                header["seed_words"] = int(seed_added)
+            if plan.seed_mode is SeedMode.RANDOM:      # a classical seed's length is what the chain leaves
+                header["seed_words"] = p["seed_words"]
         header = {k: v for k, v in header.items() if k not in HEADER_DEFAULTS or v != HEADER_DEFAULTS[k]}
         data = C.pack(C.Container("lossless", self.fingerprint, header, payload, self.encrypt))
+        rep = self._report(plan, msg, stats, n_common)
         rep.file_bytes = len(data)
-        rep.tile = self.tile
-        rep.units = len(units)
-        rep.seed_words_added = seed_added
-        rep.seed_bits_consumed = 32 * (seed_added - n_common) if self.seed_mode == "random" else 0
-        rep.seed_units = m
-        rep.seed_images = sorted({units[order[n]][0] for n in range(m)})
-        rep.seed_bits = 32 * int(base_words.size)
-        stack_base = 32 * seed_added if self.seed_mode == "random" else 32 * int(base_words.size)
-        rep.net_bits = msg.num_bits() - stack_base - rep.topup_bits
-        rep.chain_dims = int(sum(units[order[n]][2].size for n in range(m, len(order))))
-        rep.groups = [[m + sum(sizes[:k]), s] for k, s in enumerate(sizes)]
-        rep.coarse = coarse
-        rep.network_s = sum(c.network_seconds for c in self._chains.values())
         rep.total_s = time.perf_counter() - t_start
         return data, rep
+
+    def _report(self, plan, msg, stats, n_common) -> EncodeReport:
+        units, order, m = self.units, self.order, plan.seed_units
+        rep = EncodeReport(dims=int(sum(im.pixels.size for im in self.images)), tile=self.tile, units=len(units))
+        random_seed = plan.seed_mode is SeedMode.RANDOM
+        rep.seed_words_added = plan.seed_words
+        rep.seed_bits_consumed = 32 * (plan.seed_words - n_common) if random_seed else 0
+        rep.seed_units = m
+        rep.seed_images = sorted({units[order[n]].image for n in range(m)})
+        rep.seed_bits = 32 * int(S.seed_words([c for _, c in self.seed_codes]).size)
+        rep.topup_bits = self.topup_bits
+        rep.net_bits = msg.num_bits() - (32 * plan.seed_words if random_seed else rep.seed_bits) - rep.topup_bits
+        rep.chain_dims = int(sum(units[order[n]].pixels.size for n in range(m, len(order))))
+        rep.groups = [[s.start, s.size] for s in plan.steps]
+        rep.coarse = [[n, s.grid] for n, s in enumerate(plan.steps) if s.grid != self.grid]
+        for s, st in zip(plan.steps, stats):
+            rep.ideal_net_bits += st.ideal_net_bits
+            for j in range(s.size):
+                i = units[order[s.start + j]].image
+                rep.ideal_bits_by_image[i] = rep.ideal_bits_by_image.get(i, 0.0) + float(st.per_image_bits[j])
+        rep.network_s = sum(c.network_seconds for c in self._chains.values())
+        return rep
 
 
 @contextmanager
@@ -443,7 +465,7 @@ def _decode_pixel_groups(c, h, gmodel, progress) -> list[ImageRecord]:
     if len(c.payload) % 4:
         raise C.StreamError("corrupt stream: payload is not whole words")
     steps = F({"steps": GROUP_STEPS, **h}, "steps", int, 1, 100000)
-    grid = F(h, "grid_fraction", float, C_MIN_GRID, C_MAX_GRID)
+    grid = F(h, "grid_fraction", float, HEADER_MIN_GRID, HEADER_MAX_GRID)
     images = [ImageRecord(np.zeros((hh, ww, cc), np.uint8), name, mode) for name, mode, hh, ww, cc in h["images"]]
     try:
         units = _units(images, gmodel.channels, gmodel.unet.multiple, tile)
@@ -484,49 +506,51 @@ def _decode_pixel_groups(c, h, gmodel, progress) -> list[ImageRecord]:
 
 
 # ---- decode -------------------------------------------------------------
-def _check_header(h: dict, payload_bytes: int):
-    """Types and bounds of every field; a stream without chain groups (the
-    classical seed alone) carries no chain fields."""
+def _check_header(h: dict, payload_bytes: int) -> Plan:
+    """The plan, and the types and bounds of every framing field; a stream
+    without chain groups (the classical seed alone) carries no chain fields."""
     F = C.field
     if F(h, "codec", str) != CODEC:
         raise C.StreamError(f"unknown lossless codec {h.get('codec')!r}")
     tile = F(h, "tile", int, 0, 1 << 16)
     imgs = check_image_list(h, payload_bytes, MAX_TILED_PIXELS if tile else MAX_UNIT_PIXELS)
-    sizes = F(h, "groups", list)
-    if len(sizes) > MAX_UNITS or not all(is_uint(v) and v >= 1 for v in sizes):
-        raise C.StreamError("corrupt stream: bad group list")
-    if F(h, "seed_mode", str) not in ("classical", "random"):
-        raise C.StreamError("corrupt stream: unknown seed mode")
-    codecs = F(h, "seed_codecs", list)
-    if len(codecs) > len(imgs) * 4 or not all(is_uint(c) and c < len(S.SEED_CODECS) for c in codecs):
-        raise C.StreamError("corrupt stream: bad seed codec list")
     _checked_checksum(h)
-    F(h, "seed_pick", int, 0, S.PICK_AMONG - 1)
-    if not sizes:
-        if h["seed_mode"] != "classical":
-            raise C.StreamError("corrupt stream: a PRNG-seeded stream without chain groups")
-        return
-    if h["seed_mode"] == "random":
-        F(h, "seed_words", int, 0, 16 * (payload_bytes // 4) + 4096)    # the consumed seed is in the payload
-    F(h, "steps", int, 1, 100000)
-    F(h, "grid_fraction", float, 1e-6, 1e3)
-    F(h, "seed_words_omitted", int, 0, h["seed_words"] if h["seed_mode"] == "random" else 0)
-    topups = F(h, "topups", list)
-    if len(topups) > len(sizes) or not all(
-            isinstance(t, list) and len(t) == 2 and is_uint(t[0]) and t[0] < len(sizes) and is_uint(t[1])
-            and 1 <= t[1] <= 1 << 24 for t in topups) or len({t[0] for t in topups}) != len(topups):
-        raise C.StreamError("corrupt stream: bad top-up list")
-    coarse = F(h, "coarse", list)     # flat: group, index into COARSE_GRIDS, ...
-    if len(coarse) % 2 or len(coarse) > 2 * len(sizes) or not all(is_uint(v) for v in coarse) \
-            or not all(g < len(sizes) and k < len(COARSE_GRIDS) for g, k in zip(coarse[::2], coarse[1::2])) \
-            or len(set(coarse[::2])) != len(coarse) // 2:
-        raise C.StreamError("corrupt stream: bad grid list")
+    plan = Plan.from_header(h, len(imgs), payload_bytes)
+    if plan.steps:
+        F(h, "steps", int, 1, 100000)
+        F(h, "seed_words_omitted", int, 0, plan.seed_words)
+    return plan
+
+
+def _chain_times(model, h, plan):
+    """The chain's times the header asks for (None without chain groups)."""
+    if not plan.steps:
+        return None
+    try:
+        times = model.schedule.chain(h["steps"])
+    except ValueError as e:
+        raise C.StreamError(f"corrupt stream: its chain does not fit this model ({e})")
+    if _times_hash(times) != h.get("times_sha"):
+        raise C.ModelMismatch("stream's chain times differ from this model's chain")
+    return times
+
+
+def _stream_message(c, h, plan, seed) -> Message:
+    """The ANS message of the payload, with the PRNG seed words it left out."""
+    if len(c.payload) % 4:
+        raise C.StreamError("corrupt stream: payload is not whole words")
+    words = np.frombuffer(c.payload, dtype="<u4").astype(np.uint32)
+    if plan.seed_mode is SeedMode.RANDOM:
+        words = np.concatenate([seeded_words(seed, h["seed_words_omitted"]), words])
+    return Message.from_words(words)
 
 
 def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None,
            groups_model=None) -> list[ImageRecord]:
-    """groups_model: (conditional net, fingerprint) of the model's pixel-group
-    companion, which a stream of one image coded by pixel groups needs."""
+    """The plan from the header, then the pop of its stream codec
+    (`lossless_plan.stream_codec`). groups_model: (conditional net,
+    fingerprint) of the model's pixel-group companion, which a stream of one
+    image coded by pixel groups needs."""
     c = C.parse(data)
     if c.mode != "lossless":
         raise C.StreamError("not a lossless stream")
@@ -538,83 +562,41 @@ def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None,
         C.check_model(c, groups_model[1])
         return _decode_pixel_groups(c, h, groups_model[0], progress)
     C.check_model(c, fingerprint)
-    _check_header(h, len(c.payload))
-    if len(c.payload) % 4:
-        raise C.StreamError("corrupt stream: payload is not whole words")
-    sizes = h["groups"]
-    times = None
-    if sizes:
-        try:
-            times = model.schedule.chain(h["steps"])
-        except ValueError as e:
-            raise C.StreamError(f"corrupt stream: its chain does not fit this model ({e})")
-        if _times_hash(times) != h.get("times_sha"):
-            raise C.ModelMismatch("stream's chain times differ from this model's chain")
+    plan = _check_header(h, len(c.payload))
+    times = _chain_times(model, h, plan)
     images = [ImageRecord(np.zeros((hh, ww, cc), np.uint8), name, mode) for name, mode, hh, ww, cc in h["images"]]
     try:
         units = _units(images, model.channels, model.unet.multiple, h["tile"])
     except C.CodecError as e:
         raise C.StreamError(f"corrupt stream: {e}")
-    if h["seed_pick"] >= len(units):
+    if plan.seed_pick >= len(units):
         raise C.StreamError("corrupt stream: bad seed pick")
-    order = _pick_first(_coding_order(units), h["seed_pick"])
-    codecs = [S.SEED_CODECS[k] for k in h["seed_codecs"]]
-    m = len(codecs) if h["seed_mode"] == "classical" else 0
-    # the groups tile order[m:] exactly, in order, each of one shape
-    starts, expect = [], m
-    for size in sizes:
-        if expect + size > len(order) or len({units[order[expect + j]][2].shape for j in range(size)}) != 1:
-            raise C.StreamError("corrupt stream: groups do not match the images")
-        starts.append(expect)
-        expect += size
-    if expect != len(order) or m > len(order):
-        raise C.StreamError("corrupt stream: groups do not cover the images")
-    topup_of = {g: w for g, w in h["topups"]}
-    seed = _stream_seed(h["pixels_sha256"])
-    work = h.get("steps", 0) * (sum(u[2].size for u in units) + WORK_PER_GROUP * len(sizes))
+    order = _pick_first(_coding_order(units), plan.seed_pick)
+    shapes = [units[k].pixels.shape for k in order]
+    plan.check_shapes(shapes)
+    work = h.get("steps", 0) * (sum(u.pixels.size for u in units) + WORK_PER_GROUP * len(plan.steps))
     if work > max(MIN_WORK, WORK_PER_PAYLOAD_BIT * 8 * len(c.payload)):
         raise C.StreamError("corrupt stream: the header asks for more decoding work than its payload justifies")
-    payload_words = np.frombuffer(c.payload, dtype="<u4").astype(np.uint32)
-    if h["seed_mode"] == "random":
-        words = np.concatenate([seeded_words(seed, h["seed_words_omitted"]), payload_words])
-    else:
-        words = payload_words
-    msg = Message.from_words(words)
-    grid_of = {n: COARSE_GRIDS[k] for n, k in zip(h["coarse"][::2], h["coarse"][1::2])}
-    chains = {g: DiffusionChain(model, times, g) for g in {h["grid_fraction"], *grid_of.values()}} if sizes else {}
+    seed = _stream_seed(h["pixels_sha256"])
+    msg = _stream_message(c, h, plan, seed)
+    chains = {g: DiffusionChain(model, times, g) for g in {s.grid for s in plan.steps}}
+    codec = stream_codec(plan, shapes, chains.__getitem__, seed, c.encrypted)
     want = h.get("threads")
     try:
         with _torch_threads(want if is_uint(want) and 1 <= want <= 1024 else None):
-            for n in range(len(sizes) - 1, -1, -1):
-                members = order[starts[n]:starts[n] + sizes[n]]
-                shape = (sizes[n], *units[members[0]][2].shape)
-                chain = chains[grid_of.get(n, h["grid_fraction"])]
-                x, msg = bitswap.decode(msg, chain, shape, seed=seed + n, encrypt=c.encrypted,
-                                        expect_initial=None)
-                topup = topup_of.get(n, 0)
-                if topup:
-                    w = msg.words()
-                    if w.size < topup or not np.array_equal(w[-topup:], seeded_words(_topup_seed(seed, n), topup)):
-                        raise C.StreamError("decoding failed: top-up bits did not come back (damaged stream "
-                                            "or different conditionals)")
-                    msg = Message.from_words(w[:-topup])
-                for j, k in enumerate(members):
-                    units[k][2][...] = x[j]
-                if progress:
-                    progress(sizes[n])
+            msg, values = codec.pop(msg)
     except (BitsBackError, ValueError, ArithmeticError) as e:     # garbage latents: escapes, non-finite values
         raise C.StreamError(f"decoding failed ({type(e).__name__}): the stream is damaged or was made "
                             f"under different conditionals (see the determinism contract)")
-    left = msg.words()
-    if h["seed_mode"] == "random":
-        if not np.array_equal(left, seeded_words(seed, h["seed_words"])):
-            raise C.StreamError("decoding failed: the seed bits did not come back (damaged stream or "
-                                "conditionals that differ from the encoder's)")
-    else:
-        for n, (codec, code) in enumerate(zip(codecs, S.unseed(left, m))):
-            S.decode_unit(codec, code, units[order[n]][2])
+    for s, x in zip(plan.steps, values[1:]):
+        for j, k in enumerate(order[s.start:s.start + s.size]):
+            units[k].pixels[...] = x[-1][j] if s.topup else x[j]
+    for n, (name, code) in enumerate(zip(plan.seed_codecs, values[0] or [])):
+        S.decode_unit(name, code, units[order[n]].pixels)
     for u in units:
         place_unit(images[u.image], u)
+    if progress:
+        progress(len(units))
     if pixel_checksum(images) != h["pixels_sha256"]:
         raise C.StreamError("decoded pixels fail the checksum (damaged stream or different conditionals)")
     return images
