@@ -24,7 +24,7 @@ from bitsback.symbols import (
     gaussian,
     pixels,  # noqa: E402
 )
-from ddpm_codec.testing import reference_chains as C
+from ddpm_codec.testing import reference_chains
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bitsback.json"
 ORDERS = {"bitswap": bitswap, "bbans": bbans}
@@ -101,19 +101,19 @@ REF = {}
 def reference(imgs, x, K):
     """Path-independent -VLB of the chain (MC over continuous paths), cached."""
     if K not in REF:
-        REF[K] = C.vlb_reference(C.DDPMClosedForm(imgs, K), x, n_paths=16)
+        REF[K] = reference_chains.vlb_reference(reference_chains.DDPMClosedForm(imgs, K), x, n_paths=16)
     return REF[K]
 
 
 def chain_run(imgs, x, K, order="bitswap", encrypt=True, seed=3, bin_frac=0.25, decode=True):
-    chain = C.DDPMClosedForm(imgs, K, bin_frac=bin_frac)
+    chain = reference_chains.DDPMClosedForm(imgs, K, bin_frac=bin_frac)
     ref, ref_err = reference(imgs, x, K)
-    rec = C.Recording(chain)
+    rec = reference_chains.Recording(chain)
     t0 = time.perf_counter()
     msg, st = ORDERS[order].encode(x, rec, seed=seed, encrypt=encrypt)
     t_enc = time.perf_counter() - t0
-    same = float(C.vlb_same_path(chain, x, rec.path).sum())
-    kl, terms = C.vlb_kl_form(chain, x, rec.path)
+    same = float(reference_chains.vlb_same_path(chain, x, rec.path).sum())
+    kl, terms = reference_chains.vlb_kl_form(chain, x, rec.path)
     t_dec = None
     if decode:
         t0 = time.perf_counter()
@@ -158,7 +158,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="16 images, fewer runs")
     args = ap.parse_args()
     n_img = 16 if args.quick else 64
-    imgs = C.load_fashion_mnist(64)
+    imgs = reference_chains.load_fashion_mnist(64)
     x = imgs[:n_img]
     out = dict(machine=platform.processor() or platform.machine(), numpy=np.__version__,
                images=n_img, dims_per_image=784)

@@ -67,7 +67,7 @@ def main():
     times = model.schedule.chain(args.steps)
     rows = []
     for name, img in cases(test, args.quick):
-        rec = [ImageRecord(img[:, :, None], "image.png", "L")]
+        rec = [ImageRecord(pixels=img[:, :, None], name="image.png", mode="L")]
         d = img.size
         row = {"image": name, "height": img.shape[0], "width": img.shape[1]}
         for mode in ("always", "never", "auto"):

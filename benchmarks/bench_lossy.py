@@ -79,7 +79,7 @@ def evaluator(model, img, steps, seeds):
 
 
 def code_image(model, fp, img, steps, name, params=None):
-    rec = ImageRecord(np.ascontiguousarray(img.transpose(1, 2, 0)), name, "L")
+    rec = ImageRecord(pixels=np.ascontiguousarray(img.transpose(1, 2, 0)), name=name, mode="L")
     t0 = time.perf_counter()
     with torch.no_grad():
         data, rep = lossy.encode([rec], model, fp, steps=steps, params=params)

@@ -11,7 +11,7 @@ be split into the part tuning can remove and the part it cannot:
      of candidates that exactness takes;
   2. the same for the capped searches the codec can afford (margin 2, 4, 8);
   3. a Monte Carlo check of the law at small KLs (1-D mean shift, real searches
-     with :func:`bitsback.rcc_search.pfr_search`): empirical entropy of the
+     with :func:`bitsback.rcc.search.pfr_search`): empirical entropy of the
      octave plus the mantissa bits, and the lean of the winner towards p.
 
 Writes benchmarks/results/rcc_floor.{json,md,png}.

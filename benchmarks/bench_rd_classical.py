@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ddpm_codec.data.datasets import load_dataset
 from ddpm_codec.eval.rd_curve import CLASSICAL_SETTINGS, classical_compressai, classical_points
-from ddpm_codec.io import classical as C
+from ddpm_codec.io import classical
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # DESIGN.md anchors (100 x 100 mosaic of the test split): (codec, setting) -> (bits/dim, RMSE)
@@ -28,7 +28,7 @@ ANCHORS = {("webp", 50.0): (1.48, 5.06), ("webp", 10.0): (0.86, 10.7), ("jpegxl"
 def _versions() -> dict:
     out = {"python": platform.python_version()}
     for codec in ("jpeg", "webp", "jpegxl"):
-        out[codec] = C.codec_status(codec)[1]
+        out[codec] = classical.codec_status(codec)[1]
     return out
 
 

@@ -29,7 +29,7 @@ from ddpm_codec.codec import lossless
 from ddpm_codec.codec.units import ImageRecord
 from ddpm_codec.data.datasets import load_fashion_mnist
 from ddpm_codec.eval.bench import pixel_group_stream
-from ddpm_codec.format import container as C
+from ddpm_codec.format import container
 from ddpm_codec.io import classical
 from ddpm_codec.io.checkpoint import load_companion, load_model
 
@@ -54,7 +54,7 @@ def main():
     rows = []
     for i, img in enumerate(tqdm(test, desc="images alone")):
         px = img.reshape(28, 28)
-        rec = ImageRecord(px[:, :, None].copy(), "", "L")
+        rec = ImageRecord(pixels=px[:, :, None].copy(), name="", mode="L")
         t0 = time.perf_counter()
         data, rep = lossless.encode([rec], model, meta["fingerprint"], steps=args.steps, groups_model=groups)
         t1 = time.perf_counter()
@@ -62,7 +62,7 @@ def main():
         t2 = time.perf_counter()
         assert np.array_equal(back, rec.pixels), f"image {i} did not round-trip"
         g, grep = pixel_group_stream(rec, data, rep, groups, args.steps)
-        parsed = C.parse(g)
+        parsed = container.parse(g)
         vlb = chain_terms(model, torch.from_numpy(img.reshape(1, 1, 28, 28).copy()), times,
                           torch.Generator().manual_seed(i)).total.sum() / 784
         cl = {c: 8 * classical.lossless_num_bytes(c, px) / 784

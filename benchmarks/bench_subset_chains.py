@@ -34,7 +34,7 @@ import torch
 
 from ddpm_codec.bound.vlb import chain_terms
 from ddpm_codec.data.datasets import load_fashion_mnist
-from ddpm_codec.diffusion import process as D
+from ddpm_codec.diffusion import process
 from ddpm_codec.diffusion.likelihood import discretized_gaussian_log_prob, pixels_to_model
 from ddpm_codec.io.checkpoint import load_model
 
@@ -71,10 +71,10 @@ def group_bits(model, x, times, groups, g, gen, passes=1) -> torch.Tensor:
     """-ELBO (bits per image) of group g's chain given the groups before it."""
     gam = model.gamma(times)
     S, U = groups == g, groups > g
-    z = D.q_sample(x, gam[0], torch.randn(x.shape, generator=gen, dtype=F64))
+    z = process.q_sample(x, gam[0], torch.randn(x.shape, generator=gen, dtype=F64))
     path = [z]
     for k in range(1, len(times)):
-        a, var = D.transition(gam[k - 1], gam[k])
+        a, var = process.transition(gam[k - 1], gam[k])
         z = a * z + var.sqrt() * torch.randn(x.shape, generator=gen, dtype=F64)
         path.append(z)
 
@@ -83,25 +83,25 @@ def group_bits(model, x, times, groups, g, gen, passes=1) -> torch.Tensor:
         z = path[k]
         if not bool(U.any()):
             return z
-        a, s = D.alpha_sigma(gam[k])
+        a, s = process.alpha_sigma(gam[k])
         guess = interpolate(z, ~U)
         z = torch.where(U, guess + 0.7 * s * torch.randn(x.shape, generator=gen, dtype=F64), z)
         for _ in range(passes):
-            x0 = D.predict_x0(z, model.eps(z, times[k]).to(F64), gam[k]).clamp(-1, 1)
+            x0 = process.predict_x0(z, model.eps(z, times[k]).to(F64), gam[k]).clamp(-1, 1)
             z = torch.where(U, a * x0 + s * torch.randn(x.shape, generator=gen, dtype=F64), z)
         return z
 
     def on_group(t):
         return (t * S).flatten(1).sum(1) / LOG2
 
-    bits = on_group(D.prior_kl(x, gam[-1]))
+    bits = on_group(process.prior_kl(x, gam[-1]))
     for k in range(1, len(times)):
         zk = seen(k)
-        m_q, v_q = D.posterior(path[k], x, gam[k - 1], gam[k])
+        m_q, v_q = process.posterior(path[k], x, gam[k - 1], gam[k])
         m_p, v_p = model.reverse(zk, model.eps(zk, times[k]).to(F64), gam[k - 1], gam[k])
-        bits += on_group(D.gaussian_kl(m_q, v_q, m_p, v_p))
+        bits += on_group(process.gaussian_kl(m_q, v_q, m_p, v_p))
     z0 = seen(0)
-    mean, log_scale = D.decoder_params(z0, model.eps(z0, times[0]).to(F64), gam[0])
+    mean, log_scale = process.decoder_params(z0, model.eps(z0, times[0]).to(F64), gam[0])
     return bits - on_group(discretized_gaussian_log_prob(x, mean, log_scale))
 
 

@@ -82,7 +82,8 @@ def compress(inputs, out, model_path, steps, lossy, bpd, stop_at, no_encrypt, gr
     else:
         if bpd is not None or stop_at is not None:
             raise click.UsageError("--bpd and --stop-at apply to --lossy streams")
-        with tqdm(total=codec.count_units(images, tiles), desc="compress", unit="unit") as bar:
+        # one bar for the whole job, in pixels over every layout the encoder tries
+        with tqdm(total=codec.work(images, tiles), desc="compress", unit="px", unit_scale=True) as bar:
             data, rep = codec.compress(images, steps=steps, encrypt=not no_encrypt, progress=bar.update,
                                        grid=grid, tiles=tiles)
     atomic_write_bytes(out, data, force=force)
@@ -127,7 +128,7 @@ def decompress(stream, out_dir, model_path, stop_at, max_bytes, stochastic, forc
     else:
         if stop_at is not None or max_bytes is not None or stochastic:
             raise click.UsageError("--stop-at, --max-bytes and --stochastic apply to lossy streams")
-        with tqdm(total=None, desc="decompress", unit="plane") as bar:
+        with tqdm(total=codec.decode_work(data), desc="decompress", unit="px", unit_scale=True) as bar:
             images = codec.decompress(data, progress=bar.update)
     made_dir = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -168,9 +169,9 @@ def bench(split, data, n, steps, single, model_path, json_path, md_path, classic
     import torch
 
     from ddpm_codec.data.datasets import load_dataset
-    from ddpm_codec.eval import bench as B
+    from ddpm_codec.eval import bench as benchmark
+    from ddpm_codec.io.atomic import atomic_write_bytes
     from ddpm_codec.io.checkpoint import load_companion, load_model
-    from ddpm_codec.io.images import atomic_write_bytes
 
     model, meta = load_model(model_path)
     groups_model = load_companion(model_path, meta["fingerprint"]) if single else None
@@ -182,18 +183,18 @@ def bench(split, data, n, steps, single, model_path, json_path, md_path, classic
     records, singles = [], []
     for st in step_list:
         with torch.no_grad():
-            r = B.lossless_record(model, meta["fingerprint"], images, st, grid=grid)
+            r = benchmark.lossless_record(model, meta["fingerprint"], images, st, grid=grid)
         records.append(r)
         click.echo(f"T_eval {st}: -VLB {r['neg_vlb_bpd']:.4f}  net {r['net_bpd']:.4f} ({r['net_gap_pct']:+.3f}%)"
                    f"  file {r['file_bpd']:.4f} ({r['file_gap_pct']:+.3f}%)  bits/dim, D = {r['dims']}", err=True)
         if single:
             with torch.no_grad():
-                singles.append(B.single_image_record(model, meta["fingerprint"], images[:single], st,
+                singles.append(benchmark.single_image_record(model, meta["fingerprint"], images[:single], st,
                                                      groups_model))
-    cl = B.classical_records(images) if classical else []
-    table = B.markdown(records, cl)
+    cl = benchmark.classical_records(images) if classical else []
+    table = benchmark.markdown(records, cl)
     if singles:
-        table += "\n\nEach image alone (bits/dim, mean over images):\n\n" + B.single_markdown(singles)
+        table += "\n\nEach image alone (bits/dim, mean over images):\n\n" + benchmark.single_markdown(singles)
     click.echo(table)
     out = {"model": model_path, "model_fingerprint": meta["fingerprint"], "split": split, "data": data,
            "n_images": len(images), "threads": torch.get_num_threads(), "records": records,
@@ -204,7 +205,7 @@ def bench(split, data, n, steps, single, model_path, json_path, md_path, classic
     if md_path:
         atomic_write_bytes(md_path, (table + "\n").encode(), force=True)
     if plot_path:
-        B.plot(records, cl, plot_path, f"{data} {split}: {len(images)} images in one stream")
+        benchmark.plot(records, cl, plot_path, f"{data} {split}: {len(images)} images in one stream")
 
 
 def _same_file(a, b) -> bool:

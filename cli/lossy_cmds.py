@@ -7,7 +7,7 @@ import click
 
 
 def _write_json(path, rec):
-    from ddpm_codec.io.images import atomic_write_bytes
+    from ddpm_codec.io.atomic import atomic_write_bytes
     atomic_write_bytes(path, (json.dumps(rec, indent=1, allow_nan=False) + "\n").encode(), force=True)
 
 

@@ -1,4 +1,4 @@
-"""Commands on the model side: train, nll, merge, sample, export, fit-chain."""
+"""Commands on the model side: train, train-groups, nll, merge, sample, export, fit-chain."""
 from __future__ import annotations
 
 import json
@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import click
+
+from ddpm_codec.training.config import PIXEL_GROUPS_RECIPE, TrainConfig
 
 
 def _parse_shard(value):
@@ -22,69 +24,80 @@ def _parse_shard(value):
 
 
 def _write_json(path, rec):
-    from ddpm_codec.io.images import atomic_write_bytes
+    from ddpm_codec.io.atomic import atomic_write_bytes
     atomic_write_bytes(path, (json.dumps(rec, indent=1) + "\n").encode(), force=True)
 
 
-@click.command()
-@click.option("--config", "model_name", default="fmnist", show_default=True,
-              help="named model config (ddpm_codec.diffusion.configs)")
-@click.option("--data", default="fashion_mnist", show_default=True, help="dataset name or path")
-@click.option("--out", default="runs/fmnist", show_default=True, help="run folder (checkpoints, log.jsonl)")
-@click.option("--steps", default=20000, show_default=True)
-@click.option("--batch-size", default=64, show_default=True, help="global batch, all ranks together")
-@click.option("--lr", default=2e-4, show_default=True)
-@click.option("--warmup", default=200, show_default=True)
-@click.option("--lr-decay-to", default=1.0, show_default=True, help="cosine decay to lr * this at --steps")
-@click.option("--ema-decay", default=0.999, show_default=True)
-@click.option("--grad-clip", default=1.0, show_default=True)
-@click.option("--flips/--no-flips", default=False, show_default=True, help="random horizontal flips")
-@click.option("--objective", type=click.Choice(["vlb", "simple"]), default="vlb", show_default=True)
-@click.option("--time-sampler", type=click.Choice(["importance", "uniform"]), default="importance",
-              show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--eval-every", default=1000, show_default=True)
-@click.option("--eval-n", default=500, show_default=True)
-@click.option("--ckpt-every", default=500, show_default=True)
-@click.option("--amp/--no-amp", default=False, help="bf16 autocast on GPU")
-@click.option("--device", default=None, help="cpu / cuda (default: cuda if available)")
-@click.option("--resume/--no-resume", default=True, show_default=True, help="continue from OUT/last if present")
-@click.option("--export", default=None, help="also write the final EMA model to this PATH(.safetensors/.json)")
-def train(model_name, data, out, steps, batch_size, lr, warmup, lr_decay_to, ema_decay, grad_clip, flips,
-          objective, time_sampler, seed, eval_every, eval_n, ckpt_every, amp, device, resume, export):
-    """Train on the full VLB (or L_simple); checkpoints are resumable."""
+_TRAIN = TrainConfig()                               # the defaults of `train` ...
+_GROUPS = TrainConfig(**PIXEL_GROUPS_RECIPE)         # ... and of `train-groups`: one source, the trainer's
+
+
+def _run_options(d: TrainConfig):
+    """The options `train` and `train-groups` share, their defaults read from `d`."""
+    options = [
+        click.option("--data", default=d.data, show_default=True, help="dataset name or path"),
+        click.option("--out", default=d.out, show_default=True, help="run folder (checkpoints, log.jsonl)"),
+        click.option("--steps", default=d.steps, show_default=True),
+        click.option("--batch-size", default=d.batch_size, show_default=True, help="global batch, all ranks together"),
+        click.option("--lr", default=d.lr, show_default=True),
+        click.option("--warmup", default=d.warmup, show_default=True),
+        click.option("--lr-decay-to", default=d.lr_decay_to, show_default=True,
+                     help="cosine decay to lr * this at --steps"),
+        click.option("--ema-decay", default=d.ema_decay, show_default=True),
+        click.option("--grad-clip", default=d.grad_clip, show_default=True),
+        click.option("--flips/--no-flips", default=d.flips, show_default=True, help="random horizontal flips"),
+        click.option("--seed", default=d.seed, show_default=True),
+        click.option("--eval-every", default=d.eval_every, show_default=True),
+        click.option("--eval-n", default=d.eval_n, show_default=True),
+        click.option("--ckpt-every", default=d.ckpt_every, show_default=True),
+        click.option("--amp/--no-amp", default=d.amp, help="bf16 autocast on GPU"),
+        click.option("--device", default=None, help="cpu / cuda (default: cuda if available)"),
+        click.option("--resume/--no-resume", default=True, show_default=True,
+                     help="continue from OUT/last if present"),
+    ]
+
+    def apply(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return apply
+
+
+def _fit(cfg: TrainConfig, device, resume: bool, what: str):
+    """Train `cfg` to its steps (resuming OUT/last when asked) on its dataset; returns the trainer."""
     from ddpm_codec.data.datasets import load_dataset
-    from ddpm_codec.io.checkpoint import save_model
     from ddpm_codec.training import distributed as dist
-    from ddpm_codec.training.trainer import TrainConfig, Trainer
+    from ddpm_codec.training.trainer import Trainer
 
     device = dist.init_from_env(device)
-    if batch_size % dist.world_size():
-        raise click.BadParameter(f"global batch {batch_size} is not divisible by {dist.world_size()} ranks",
+    if cfg.batch_size % dist.world_size():
+        raise click.BadParameter(f"global batch {cfg.batch_size} is not divisible by {dist.world_size()} ranks",
                                  param_hint="--batch-size")
-    cfg = TrainConfig(model=model_name, data=data, out=out, steps=steps, batch_size=batch_size, lr=lr,
-                      warmup=warmup, lr_decay_to=lr_decay_to, ema_decay=ema_decay, grad_clip=grad_clip,
-                      flips=flips, objective=objective, time_sampler=time_sampler, seed=seed,
-                      eval_every=eval_every, eval_n=eval_n, ckpt_every=ckpt_every, amp=amp)
-    tr = load_dataset(data, "train")
+    tr = load_dataset(cfg.data, "train")
     try:
-        te = load_dataset(data, "test")
+        te = load_dataset(cfg.data, "test")
     except Exception:  # noqa: BLE001 - a dataset without a test split trains without eval
         te = None
     trainer = Trainer(cfg, tr, te, device=device)
     if resume and trainer.resume() and trainer.rank == 0:
-        click.echo(f"resumed {out} at step {trainer.step}", err=True)
+        click.echo(f"resumed {cfg.out} at step {trainer.step}", err=True)
     if trainer.rank == 0:
-        click.echo(f"training {model_name} on {data}: global batch {batch_size} = {trainer.world} rank(s) x "
-                   f"{batch_size // trainer.world}, lr {lr}, objective {objective}, device {device}", err=True)
+        click.echo(f"training {what} on {cfg.data}: global batch {cfg.batch_size} = {trainer.world} rank(s) x "
+                   f"{cfg.batch_size // trainer.world}, lr {cfg.lr}, objective {cfg.objective}, device {device}",
+                   err=True)
     trainer.fit()
+    return trainer
+
+
+def _finish(trainer, export_to=None):
+    """Rank 0: the final figure, then `export_to(trainer, figure)`; every rank: tear down."""
+    from ddpm_codec.training import distributed as dist
     if trainer.rank == 0:
         ev = trainer.evaluate()
-        click.echo(f"done at step {trainer.step}; test -VLB (MC, EMA) {ev:.4f} bits/dim" if ev is not None
+        click.echo(f"done at step {trainer.step}; {trainer.describe(ev)}" if ev is not None
                    else f"done at step {trainer.step}")
-        if export:
-            fp = save_model(trainer.ema.model, export, {"ema": True, "step": trainer.step})
-            click.echo(f"exported {export} (fingerprint {fp[:16]})")
+        if export_to:
+            export_to(trainer, ev)
     world = trainer.world
     dist.barrier()          # rank 0 evaluates and exports alone; tear down together
     dist.shutdown()
@@ -95,6 +108,56 @@ def train(model_name, data, out, steps, batch_size, lr, warmup, lr_decay_to, ema
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         os._exit(0)
+
+
+@click.command()
+@click.option("--config", "model", default=_TRAIN.model, show_default=True,
+              help="named model config (ddpm_codec.diffusion.configs)")
+@_run_options(_TRAIN)
+@click.option("--objective", type=click.Choice(["vlb", "simple"]), default=_TRAIN.objective, show_default=True)
+@click.option("--time-sampler", type=click.Choice(["importance", "uniform"]), default=_TRAIN.time_sampler,
+              show_default=True)
+@click.option("--export", default=None, help="also write the final EMA model to this PATH(.safetensors/.json)")
+def train(device, resume, export, **fields):
+    """Train on the full VLB (or L_simple); checkpoints are resumable."""
+    from ddpm_codec.io.checkpoint import save_model
+
+    cfg = TrainConfig(**fields)
+
+    def write(trainer, ev):
+        fp = save_model(trainer.ema.model, export, {"ema": True, "step": trainer.step})
+        click.echo(f"exported {export} (fingerprint {fp[:16]})")
+    _finish(_fit(cfg, device, resume, cfg.model), write if export else None)
+
+
+@click.command("train-groups")
+@click.option("--base", default=_GROUPS.base, show_default=True,
+              help="the model the companion is fine-tuned from (and coded beside)")
+@_run_options(_GROUPS)
+@click.option("--export", default=None,
+              help="then write the companion (EMA) to PATH(.safetensors/.json); beside BASE: BASE_groups")
+@click.option("--refit-variance", is_flag=True,
+              help="with --export: refit the reverse-variance table on the group chains (train images)")
+def train_groups(device, resume, export, refit_variance, **fields):
+    """Fine-tune the pixel-group companion of a model (one image alone as pixel
+    groups); the trainer's checkpoints, resume and EMA."""
+    from dataclasses import asdict
+
+    import torch
+
+    from ddpm_codec.training import groups
+
+    cfg = TrainConfig(**{**PIXEL_GROUPS_RECIPE, **fields})
+
+    def write(trainer, ev):
+        refit = None
+        if refit_variance:
+            refit = torch.from_numpy(trainer.train_data[:groups.REFIT_IMAGES])
+        evaluation = {"step": trainer.step, trainer.eval_key: ev, "eval_n": cfg.eval_n} if ev is not None else None
+        fp = groups.export(trainer.ema.model, export, trainer.base_fingerprint, trainer.step, refit,
+                           extra={"eval": evaluation, "train": asdict(cfg)})
+        click.echo(f"exported {export} (fingerprint {fp[:16]}, base {trainer.base_fingerprint[:16]})")
+    _finish(_fit(cfg, device, resume, f"the pixel-group companion of {cfg.base}"), write if export else None)
 
 
 @click.command()
@@ -181,7 +244,7 @@ def export(run_dir, dest, recommended_steps):
     from ddpm_codec.io.checkpoint import load_model, save_model
     src = Path(run_dir) / "last" / "model"
     model, meta = load_model(str(src))
-    extra = {k: meta[k] for k in ("ema", "step", "train", "note") if k in meta}
+    extra = {k: meta[k] for k in ("ema", "step", "train", "note", "base_fingerprint") if k in meta}
     fp = save_model(model, dest, {**extra, "recommended_steps": recommended_steps})
     click.echo(f"exported {src} -> {dest} (step {meta.get('step')}, fingerprint {fp[:16]})")
 
@@ -227,5 +290,5 @@ def fit_chain(model_path, dest, steps, data, n, grid, seed, variance, bins):
 
 
 def register(group):
-    for cmd in (train, nll, merge, sample, export, fit_chain):
+    for cmd in (train, train_groups, nll, merge, sample, export, fit_chain):
         group.add_command(cmd)

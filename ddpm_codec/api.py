@@ -5,7 +5,7 @@
     data, report = codec.compress([img])             # img: (H, W) or (H, W, C) uint8
     [back] = codec.decompress_arrays(data)           # identical pixels
 
-`compress` takes numpy arrays or `imageio.Image` records (name and mode
+`compress` takes numpy arrays or `ddpm_codec.io.images.Image` records (name and mode
 kept); `decompress` returns records with `.pixels` (H, W, C), `.name`,
 `.mode`.  The CLI calls exactly these.
 """
@@ -35,9 +35,9 @@ def _record(im, k) -> ImageRecord:
             a = a[:, :, None]
         if a.ndim != 3 or a.shape[2] not in MODES_BY_CHANNELS or min(a.shape[:2]) < 1:
             raise container.CodecError(f"image {k}: expected (H, W) or (H, W, C) with C in 1..4, got {im.shape}")
-        return ImageRecord(np.ascontiguousarray(a), f"image{k}.png", MODES_BY_CHANNELS[a.shape[2]])
+        return ImageRecord(pixels=np.ascontiguousarray(a), name=f"image{k}.png", mode=MODES_BY_CHANNELS[a.shape[2]])
     pixels = im.pixels if im.pixels.ndim == 3 else im.pixels[:, :, None]
-    return ImageRecord(np.ascontiguousarray(pixels), getattr(im, "name", f"image{k}.png"), im.mode)
+    return ImageRecord(pixels=np.ascontiguousarray(pixels), name=getattr(im, "name", f"image{k}.png"), mode=im.mode)
 
 
 def stream_mode(data: bytes) -> str:
@@ -69,11 +69,22 @@ class Codec:
         self.groups = load_companion(model, self.fingerprint, device)
 
     def _steps(self, steps):
-        steps = int(steps or self.default_steps)
+        """The chain length asked for (None: the model's recommended one), checked."""
+        steps = self.default_steps if steps is None else steps
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
+            raise container.CodecError(f"--steps must be a whole number; got {steps!r}")
         T = self.model.schedule.T
         if steps < 1 or (T is not None and steps > T):
-            raise container.CodecError(f"--steps must be between 1 and {T or 'any'}; got {steps}")
-        return steps
+            bound = f"between 1 and {T}" if T is not None else "at least 1"
+            raise container.CodecError(f"--steps must be {bound}; got {steps}")
+        return int(steps)
+
+    def work(self, images, tiles="auto") -> int:
+        """Pixels the lossless encoder codes over all the layouts it tries: the
+        total of the progress `compress` reports (``progress(pixels)``)."""
+        from ddpm_codec.codec.lossless import work
+        recs = [_record(im, k) for k, im in enumerate(images)]
+        return work(recs, self.model, tiles, groups_model=self.groups)
 
     def count_units(self, images, tiles="auto") -> int:
         """Planes or tiles the lossless codec will code (a progress bar's total)."""
@@ -90,6 +101,11 @@ class Codec:
         with torch.no_grad():
             return lossless_encode(recs, self.model, self.fingerprint, steps=self._steps(steps),
                                    encrypt=encrypt, progress=progress, tiles=tiles, groups_model=self.groups, **kw)
+
+    def decode_work(self, data: bytes) -> int:
+        """Pixels the lossless decoder reports through ``progress`` (a bar's total)."""
+        from ddpm_codec.codec.lossless import decode_work
+        return decode_work(data, self.model)
 
     def decompress(self, data: bytes, progress=None) -> list[ImageRecord]:
         with torch.no_grad():

@@ -22,7 +22,7 @@ def test_bench_records_add_up(tiny_path, fmnist_idx, fmnist_images, tmp_path):
     assert [r["t_eval"] for r in rec["records"]] == [2, 3]
     model, meta = load_model(str(tiny_path))
     images = fmnist_images[:6]
-    recs = [lossless.ImageRecord(a.transpose(1, 2, 0).copy(), "", "L") for a in images]
+    recs = [lossless.ImageRecord(pixels=a.transpose(1, 2, 0).copy(), name="", mode="L") for a in images]
     for r in rec["records"]:
         assert r["exact_roundtrip"] and r["dims"] == 6 * 784 and r["n_images"] == 6
         # the same stream again (encoding is deterministic): its size is the file figure

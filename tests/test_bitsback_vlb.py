@@ -8,10 +8,10 @@ from bitsback.chains import (
     bbans,
     bitswap,  # noqa: E402
 )
-from ddpm_codec.testing import reference_chains as C
+from ddpm_codec.testing import reference_chains
 
 ORDERS = {"bitswap": bitswap, "bbans": bbans}
-needs_fmnist = pytest.mark.skipif(not C.FMNIST_TEST.exists(), reason="Fashion-MNIST not installed")
+needs_fmnist = pytest.mark.skipif(not reference_chains.FMNIST_TEST.exists(), reason="Fashion-MNIST not installed")
 
 
 @pytest.mark.parametrize("order", sorted(ORDERS))
@@ -19,7 +19,7 @@ def test_linear_gaussian_expected_net_bits(order):
     """Measured net bits agree with the closed-form expected net codelength within
     0.1%, and the standard error of the comparison is below 0.1% too."""
     rng = np.random.default_rng(0)
-    chain = C.LinearGaussian(np.geomspace(0.01, 0.5, 6), v0=0.25)
+    chain = reference_chains.LinearGaussian(np.geomspace(0.01, 0.5, 6), v0=0.25)
     nets, expected, per_image = 0, 0.0, []
     for r in range(2):
         x = np.clip(np.rint((rng.normal(0, 0.5, (256, 64)) + 1) * 127.5), 0, 255).astype(np.uint8)
@@ -39,17 +39,17 @@ def test_linear_gaussian_expected_net_bits(order):
 
 
 def _ddpm_case(order, n_images, K, encrypt=True):
-    imgs = C.load_fashion_mnist(64)
-    chain = C.DDPMClosedForm(imgs, K)
+    imgs = reference_chains.load_fashion_mnist(64)
+    chain = reference_chains.DDPMClosedForm(imgs, K)
     x = imgs[:n_images]
-    rec = C.Recording(chain)
+    rec = reference_chains.Recording(chain)
     msg, stats = ORDERS[order].encode(x, rec, seed=3, encrypt=encrypt)
-    same = C.vlb_same_path(chain, x, rec.path).sum()
-    kl, terms = C.vlb_kl_form(chain, x, rec.path)
+    same = reference_chains.vlb_same_path(chain, x, rec.path).sum()
+    kl, terms = reference_chains.vlb_kl_form(chain, x, rec.path)
     y, left = ORDERS[order].decode(msg, chain, x.shape, seed=3, encrypt=encrypt,
                                    expect_initial="seeded")
     assert np.array_equal(x, y) and left.num_bits() == stats.initial_bits
-    ref, ref_err = C.vlb_reference(chain, x, n_paths=8)
+    ref, ref_err = reference_chains.vlb_reference(chain, x, n_paths=8)
     gap, gap_ref = (stats.net_bits - same) / same, (stats.net_bits - ref) / ref
     print(f"{order} K={K} n={n_images}: net {stats.net_bits} -VLB: same path {same:.1f}, "
           f"KL form {kl.sum():.1f}, expected {ref:.1f} +- {ref_err:.1f}; gap {gap:.4%} "
@@ -78,8 +78,8 @@ def test_auto_initial_bits_retry_after_a_drain(monkeypatch):
     """Bit-Swap's pop at step 2 reads more than the first pop's share of initial
     bits when they only cover the first pop: "auto" must retry and still decode."""
     monkeypatch.setattr(bitswap, "AUTO_FACTOR", 1.0)
-    imgs = C.load_fashion_mnist(8)
-    chain = C.DDPMClosedForm(imgs, 10)
+    imgs = reference_chains.load_fashion_mnist(8)
+    chain = reference_chains.DDPMClosedForm(imgs, 10)
     msg, stats = bitswap.encode(imgs[:4], chain, seed=1)
     assert stats.restarts >= 1 and stats.underflow_bits == 0
     y, left = bitswap.decode(msg, chain, imgs[:4].shape, seed=1, expect_initial="seeded")

@@ -9,8 +9,8 @@ import torch
 from click.testing import CliRunner
 from helpers import random_model
 
-from ddpm_codec.bound import chain_times as CT
-from ddpm_codec.diffusion import process as D
+from ddpm_codec.bound import chain_times
+from ddpm_codec.diffusion import process
 from ddpm_codec.diffusion.model import DiffusionModel
 from ddpm_codec.diffusion.schedules import LinearGamma, build_schedule
 from ddpm_codec.io.checkpoint import fingerprint, load_model
@@ -57,13 +57,13 @@ def test_best_path_matches_brute_force():
     G, steps = 9, 3
     costs = rng.uniform(0.1, 2.0, (G + 1, G + 1))
     costs[np.tril_indices(G + 1)] = np.inf
-    brute = min((CT.path_cost(costs, [0, *mid, G]), [0, *mid, G])
+    brute = min((chain_times.path_cost(costs, [0, *mid, G]), [0, *mid, G])
                 for mid in itertools.combinations(range(1, G), steps - 1))
-    best, path = CT.best_path(costs, steps)
+    best, path = chain_times.best_path(costs, steps)
     assert path == brute[1] and math.isclose(best, brute[0])
-    assert math.isclose(CT.path_cost(costs, path), best)
+    assert math.isclose(chain_times.path_cost(costs, path), best)
     with pytest.raises(ValueError):
-        CT.best_path(costs, G + 1)
+        chain_times.best_path(costs, G + 1)
 
 
 def test_pair_cost_is_the_posterior_kl_in_eps_form():
@@ -74,20 +74,20 @@ def test_pair_cost_is_the_posterior_kl_in_eps_form():
     x = torch.rand(3, 1, 4, 4, dtype=F64) * 2 - 1
     eps = torch.randn_like(x)
     eps_hat = eps + 0.3 * torch.randn_like(x)
-    z_t = D.q_sample(x, g_t, eps)
-    m_q, v_q = D.posterior(z_t, x, g_s, g_t)
-    m_p, v_p = D.reverse(z_t, eps_hat, g_s, g_t, "posterior")
-    kl = D.gaussian_kl(m_q, v_q, m_p, v_p).flatten(1).sum(1)
+    z_t = process.q_sample(x, g_t, eps)
+    m_q, v_q = process.posterior(z_t, x, g_s, g_t)
+    m_p, v_p = process.reverse(z_t, eps_hat, g_s, g_t, "posterior")
+    kl = process.gaussian_kl(m_q, v_q, m_p, v_p).flatten(1).sum(1)
     gam = np.array([float(g_s), float(g_t)])
     for i in range(3):
         m = np.array([0.0, float(((eps[i] - eps_hat[i]) ** 2).sum())])
-        assert math.isclose(CT.pair_costs(gam, m)[0, 1], float(kl[i]), rel_tol=1e-9)
+        assert math.isclose(chain_times.pair_costs(gam, m)[0, 1], float(kl[i]), rel_tol=1e-9)
 
 
 def test_fit_is_no_worse_than_even_times_and_reports_its_own_cost():
     m = random_model("tiny-vdm", 1, scale=0.05)
     px = torch.randint(0, 256, (4, 1, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
-    fit = CT.fit_chain(m, px, steps=5, grid=40, variance=False)
+    fit = chain_times.fit_chain(m, px, steps=5, grid=40, variance=False)
     assert len(fit["knots"]) == 6 and fit["knots"][0] == 0.0 and fit["knots"][-1] == 1.0
     assert fit["fitted_bpd"] == fit["times_only_bpd"] <= fit["even_bpd"] and fit["eps_error"] is None
     # the table's cost of the chosen path, recomputed independently from eps errors
@@ -97,7 +97,7 @@ def test_fit_is_no_worse_than_even_times_and_reports_its_own_cost():
     with torch.no_grad():
         for s, t in zip(fit["knots"][:-1], fit["knots"][1:]):
             g_s, g_t = m.gamma(torch.tensor(s, dtype=F64)), m.gamma(torch.tensor(t, dtype=F64))
-            e = m.eps(D.q_sample(x, g_t.float(), eps), torch.tensor(t))
+            e = m.eps(process.q_sample(x, g_t.float(), eps), torch.tensor(t))
             total += 0.5 * float(torch.expm1(g_t - g_s)) * float(((eps - e) ** 2).sum()) / 4
     assert math.isclose(total / (256 * math.log(2)), fit["fitted_bpd"], rel_tol=1e-4)
 
@@ -145,11 +145,11 @@ def _fitted_batch_kl_bpd(m, px, knots, scale):
     total = 0.0
     for s, t in zip(knots[:-1], knots[1:]):
         g_s, g_t = m.gamma(torch.tensor(s, dtype=F64)), m.gamma(torch.tensor(t, dtype=F64))
-        z_t = D.q_sample(x, g_t, eps)
+        z_t = process.q_sample(x, g_t, eps)
         e = m.eps(z_t.float(), torch.tensor(t)).to(F64)
-        m_q, v_q = D.posterior(z_t, x, g_s, g_t)
+        m_q, v_q = process.posterior(z_t, x, g_s, g_t)
         m_p, v_p = m.reverse(z_t, e, g_s, g_t)
-        total += float(D.gaussian_kl(m_q, v_q, m_p, v_p * scale).sum()) / x.shape[0]
+        total += float(process.gaussian_kl(m_q, v_q, m_p, v_p * scale).sum()) / x.shape[0]
     return total / (x[0].numel() * math.log(2))
 
 
@@ -158,7 +158,7 @@ def test_eps_error_variance_is_the_kl_optimal_one_on_the_fitted_batch():
     computed from the two Gaussians (model.reverse) averages to the fit's log-form pair
     cost, and no other scale of the variance does better."""
     m, px = _tiny_batch()
-    fit = CT.fit_chain(m, px, steps=4, grid=20, bins=1)
+    fit = chain_times.fit_chain(m, px, steps=4, grid=20, bins=1)
     assert fit["fitted_bpd"] <= min(fit["times_only_bpd"], fit["variance_only_bpd"]) <= fit["even_bpd"]
     m.schedule.set_time_warp(fit["knots"])
     m.set_eps_error(fit["eps_error"])
@@ -193,8 +193,8 @@ def test_binned_eps_error_variance_is_kl_optimal_and_beats_one_bin():
     model.reverse average to the fit's own cost, rescaling every variance is worse,
     and the binned table is no worse than one variance per step."""
     m, px = _tiny_batch()
-    one = CT.fit_chain(m, px, steps=4, grid=20, bins=1)
-    fit = CT.fit_chain(m, px, steps=4, grid=20, bins=4)
+    one = chain_times.fit_chain(m, px, steps=4, grid=20, bins=1)
+    fit = chain_times.fit_chain(m, px, steps=4, grid=20, bins=4)
     assert np.asarray(fit["eps_error"]).shape == (21, 4) and np.asarray(one["eps_error"]).shape == (21,)
     assert fit["fitted_bpd"] <= one["fitted_bpd"] + 1e-12
     m.schedule.set_time_warp(fit["knots"])
@@ -233,7 +233,7 @@ def test_lossless_round_trip_with_a_binned_variance_model():
     m = random_model("tiny-vdm", 1, scale=0.05)
     rng = np.random.default_rng(0)
     m.set_eps_error(rng.uniform(0.0, 2.0, (11, 8)).tolist())
-    imgs = [ImageRecord(rng.integers(0, 256, (16, 16, 1), dtype=np.uint8), f"i{k}.png", "L") for k in range(3)]
+    imgs = [ImageRecord(pixels=rng.integers(0, 256, (16, 16, 1), dtype=np.uint8), name=f"i{k}.png", mode="L") for k in range(3)]
     fp = fingerprint(m)
     data, rep = lossless.encode(imgs, m, fp, steps=3)
     out = lossless.decode(data, m, fp)

@@ -5,9 +5,9 @@ import sys
 import numpy as np
 import pytest
 
-from ddpm_codec.io import classical as C
+from ddpm_codec.io import classical
 
-JXL_OK, JXL_REASON = C.jpegxl_status()
+JXL_OK, JXL_REASON = classical.jpegxl_status()
 needs_jxl = pytest.mark.skipif(not JXL_OK, reason=JXL_REASON)
 
 
@@ -29,22 +29,22 @@ def fashion_like(n=6, seed=0):
     return out
 
 
-@pytest.mark.parametrize("codec", [_codec_param(c) for c in C.LOSSLESS_CODECS])
+@pytest.mark.parametrize("codec", [_codec_param(c) for c in classical.LOSSLESS_CODECS])
 @pytest.mark.parametrize("channels", [1, 2, 3, 4])
 def test_lossless_round_trip_is_exact(codec, channels):
     rng = np.random.default_rng(channels)
     img = rng.integers(0, 256, (9, 11, channels), dtype=np.uint8)
     img[..., -1][:3] = 0 if channels in (2, 4) else img[..., -1][:3]  # transparent rows
-    data = C.encode_lossless(codec, img)
-    np.testing.assert_array_equal(C.decode(codec, data, channels), img)
-    assert C.lossless_num_bytes(codec, img) == len(data)
+    data = classical.encode_lossless(codec, img)
+    np.testing.assert_array_equal(classical.decode(codec, data, channels), img)
+    assert classical.lossless_num_bytes(codec, img) == len(data)
 
 
-@pytest.mark.parametrize("codec", [_codec_param(c) for c in C.LOSSLESS_CODECS])
-@pytest.mark.parametrize("layout", C.LAYOUTS)
+@pytest.mark.parametrize("codec", [_codec_param(c) for c in classical.LOSSLESS_CODECS])
+@pytest.mark.parametrize("layout", classical.LAYOUTS)
 def test_lossless_bits_per_dim(codec, layout):
     imgs = fashion_like(5)
-    r = C.lossless_bits_per_dim(codec, imgs, layout)
+    r = classical.lossless_bits_per_dim(codec, imgs, layout)
     assert r.num_dims == 5 * 28 * 28 and r.num_images == 5 and r.layout == layout
     assert math.isfinite(r.bits_per_dim) and 0 < r.bits_per_dim < 8
     assert r.bits_per_dim == pytest.approx(8 * r.num_bytes / r.num_dims)
@@ -52,47 +52,47 @@ def test_lossless_bits_per_dim(codec, layout):
 
 def test_mosaic_amortizes_headers():
     imgs = fashion_like(9)
-    per = C.lossless_bits_per_dim("png", imgs, "per_image")
-    mos = C.lossless_bits_per_dim("png", imgs, "mosaic")
+    per = classical.lossless_bits_per_dim("png", imgs, "per_image")
+    mos = classical.lossless_bits_per_dim("png", imgs, "mosaic")
     assert mos.num_dims == per.num_dims  # padding never counted
     assert mos.bits_per_dim < per.bits_per_dim
 
 
 def test_mismatch_is_detected(monkeypatch):
     img = fashion_like(1)[0, 0]
-    monkeypatch.setattr(C, "decode", lambda codec, data, ch: np.zeros((28, 28, 1), np.uint8))
-    with pytest.raises(C.LosslessMismatchError):
-        C.lossless_num_bytes("png", img)
+    monkeypatch.setattr(classical, "decode", lambda codec, data, ch: np.zeros((28, 28, 1), np.uint8))
+    with pytest.raises(classical.LosslessMismatchError):
+        classical.lossless_num_bytes("png", img)
 
 
 def test_jpegxl_unavailable_is_reported(monkeypatch):
     monkeypatch.setitem(sys.modules, "imagecodecs", None)  # import now fails
-    ok, reason = C.jpegxl_status()
+    ok, reason = classical.jpegxl_status()
     assert not ok and "imagecodecs is not installed" in reason
-    with pytest.raises(C.CodecUnavailableError, match="jpegxl"):
-        C.encode_lossless("jpegxl", np.zeros((2, 2), np.uint8))
+    with pytest.raises(classical.CodecUnavailableError, match="jpegxl"):
+        classical.encode_lossless("jpegxl", np.zeros((2, 2), np.uint8))
 
 
 @pytest.mark.parametrize("n, grid", [(1, (1, 1)), (2, (1, 2)), (5, (2, 3)), (9, (3, 3)),
                                      (10, (3, 4)), (200, (14, 15)), (10000, (100, 100))])
 def test_mosaic_grid(n, grid):
-    rows, cols = C.mosaic_grid(n)
+    rows, cols = classical.mosaic_grid(n)
     assert (rows, cols) == grid
     assert rows * cols >= n and (rows - 1) * cols < n
 
 
 def test_mosaic_layout_and_inverse():
     imgs = np.random.default_rng(1).integers(1, 256, (7, 3, 4, 5), dtype=np.uint8)
-    grid = C.mosaic(imgs)
+    grid = classical.mosaic(imgs)
     assert grid.shape == (3 * 4, 3 * 5, 3)  # 7 tiles -> 3 x 3 grid
     for k in range(7):
         r, c = divmod(k, 3)
         np.testing.assert_array_equal(grid[4 * r:4 * r + 4, 5 * c:5 * c + 5].transpose(2, 0, 1),
                                       imgs[k])
     assert not grid[8:, 5:].any()  # the two padding tiles are zero
-    np.testing.assert_array_equal(C.unmosaic(grid, 7, 4, 5), imgs)
+    np.testing.assert_array_equal(classical.unmosaic(grid, 7, 4, 5), imgs)
     with pytest.raises(ValueError):
-        C.unmosaic(grid, 7, 5, 5)
+        classical.unmosaic(grid, 7, 5, 5)
 
 
 @pytest.mark.parametrize("codec, settings", [
@@ -100,31 +100,31 @@ def test_mosaic_layout_and_inverse():
     pytest.param("jpegxl", (6.0, 2.0, 0.3), marks=needs_jxl)])
 def test_lossy_rmse_falls_as_quality_rises(codec, settings):
     imgs = fashion_like(4)
-    results = [C.lossy_bits_per_dim(codec, imgs, q, "per_image") for q in settings]
+    results = [classical.lossy_bits_per_dim(codec, imgs, q, "per_image") for q in settings]
     errors = [r.rmse for r in results]
     rates = [r.bits_per_dim for r in results]
     assert errors == sorted(errors, reverse=True) and errors[0] > errors[-1]
     assert rates == sorted(rates)
     assert all(r.psnr == pytest.approx(20 * math.log10(255 / r.rmse)) for r in results)
-    mos = C.lossy_bits_per_dim(codec, imgs, settings[1], "mosaic")
+    mos = classical.lossy_bits_per_dim(codec, imgs, settings[1], "mosaic")
     assert mos.num_dims == imgs.size and 0 < mos.rmse < 60
 
 
 def test_lossy_rgb_shapes():
     img = np.random.default_rng(3).integers(0, 256, (10, 12, 3), dtype=np.uint8)
     for codec in ("jpeg", "webp"):
-        nbytes, rec = C.lossy_roundtrip(codec, img, 80)
+        nbytes, rec = classical.lossy_roundtrip(codec, img, 80)
         assert nbytes > 0 and rec.shape == img.shape and rec.dtype == np.uint8
     with pytest.raises(ValueError, match="alpha"):
-        C.lossy_roundtrip("jpeg", np.zeros((4, 4, 4), np.uint8), 80)
+        classical.lossy_roundtrip("jpeg", np.zeros((4, 4, 4), np.uint8), 80)
 
 
 def test_rmse_and_psnr():
     a = np.zeros((2, 2), np.uint8)
     b = np.array([[0, 2], [2, 2]], np.uint8)
-    assert C.rmse(a, b) == pytest.approx(math.sqrt(3))
-    assert C.rmse(b, a) == C.rmse(a, b)  # no uint8 wrap-around
-    assert C.psnr(a, a) == math.inf
-    assert C.psnr(a, np.full((2, 2), 255, np.uint8)) == pytest.approx(0.0)
+    assert classical.rmse(a, b) == pytest.approx(math.sqrt(3))
+    assert classical.rmse(b, a) == classical.rmse(a, b)  # no uint8 wrap-around
+    assert classical.psnr(a, a) == math.inf
+    assert classical.psnr(a, np.full((2, 2), 255, np.uint8)) == pytest.approx(0.0)
     with pytest.raises(ValueError):
-        C.rmse(a, b[:1])
+        classical.rmse(a, b[:1])

@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import random_model
 
-from bitsback.ans.codecs import base_words, known_words, serial
+from bitsback.ans.codecs import base_words, chained, known_words, serial
 from bitsback.ans.initial import seeded_words
 from bitsback.ans.message import Message
 from bitsback.chains import bitswap
@@ -123,3 +123,24 @@ def test_auto_seeded_first_group_equals_the_seed_codec_then_the_group(tiny_chain
     plan = _plan("random", [Step(0, 1, 0.25)], seed_words=int(st.added_initial_words))
     codec = stream_codec(plan, [x[0].shape], tiny_chain.__getitem__, 21, True)
     assert codec.push(Message.empty(), [None, x]) == auto
+
+
+def test_chained_law_each_piece_sees_those_popped_before():
+    """Piece i's words depend on the values before it, so a wrong order fails."""
+    def make(i, before):
+        return known_words(seeded_words(100 + len(before), 2 + i)) if i else known_words(seeded_words(7, 3))
+    assert_law(chained(make, 3), [None, None, None])
+
+
+def test_pixel_group_codecs_obey_the_law():
+    from ddpm_codec.codec.pixel_group_codec import DIRECT_FACTORS, GroupCoding
+    from ddpm_codec.training.groups import conditional_from
+    net = conditional_from(random_model("tiny", 0))
+    with torch.no_grad():
+        coding = GroupCoding(net, net.schedule.chain(2), 1.0, 3, True, (28, 28))
+        xs = [pixels(1, (f.size,)).reshape(1, -1) for f in coding.flat]
+        k = coding.K - 1
+        assert_law(coding.codec(k, xs[:k], None, len(DIRECT_FACTORS) - 1), xs[k])
+        assert_law(coding.codec(k, xs[:k], 4.0, None), xs[k], under=seeded_words(5, 4000))
+        direct = {n: 3 for n in range(coding.K)}            # every group direct: no stack needed
+        assert_law(coding.stream_codec({}, direct), xs, under=np.zeros(0, np.uint32))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_codec.diffusion import process as D
+from ddpm_codec.diffusion import process
 from ddpm_codec.diffusion.schedules import LinearGamma, build_schedule
 
 F64 = torch.float64
@@ -43,10 +43,10 @@ def _kl_both_ways(g_s, g_t, rng, shape=(3, 4, 4)):
     eps = torch.from_numpy(rng.standard_normal((n, *shape)))
     eps_hat = eps + torch.from_numpy(rng.standard_normal((n, *shape))) * torch.from_numpy(
         10.0 ** rng.uniform(-4, 0.5, (n, 1, 1, 1)))
-    z_t = D.q_sample(x, g_t, eps)
-    m_q, v_q = D.posterior(z_t, x, g_s, g_t)
-    m_p, v_p = D.reverse(z_t, eps_hat, g_s, g_t, "posterior")
-    return D.gaussian_kl(m_q, v_q, m_p, v_p), D.kl_eps_form(eps, eps_hat, g_s, g_t)
+    z_t = process.q_sample(x, g_t, eps)
+    m_q, v_q = process.posterior(z_t, x, g_s, g_t)
+    m_p, v_p = process.reverse(z_t, eps_hat, g_s, g_t, "posterior")
+    return process.gaussian_kl(m_q, v_q, m_p, v_p), process.kl_eps_form(eps, eps_hat, g_s, g_t)
 
 
 def test_kl_forms_agree_discrete(linear):
@@ -79,7 +79,7 @@ def test_gaussian_kl_matches_monte_carlo():
     logq = -0.5 * (z - m_q) ** 2 / v_q - 0.5 * math.log(2 * math.pi * v_q)
     logp = -0.5 * (z - m_p) ** 2 / v_p - 0.5 * math.log(2 * math.pi * v_p)
     mc = float((logq - logp).mean())
-    exact = float(D.gaussian_kl(*(torch.tensor(v, dtype=F64) for v in (m_q, v_q, m_p, v_p))))
+    exact = float(process.gaussian_kl(*(torch.tensor(v, dtype=F64) for v in (m_q, v_q, m_p, v_p))))
     assert abs(mc - exact) < 4 * float((logq - logp).std()) / math.sqrt(z.numel())
 
 
@@ -98,7 +98,7 @@ def test_posterior_matches_ddpm_eq_6_7(linear):
     rng = np.random.default_rng(2)
     x = rng.uniform(-1, 1, (len(i), 1, 2, 2))
     z = rng.standard_normal((len(i), 1, 2, 2))
-    mean, var = D.posterior(torch.from_numpy(z), torch.from_numpy(x), g_s, g_t)
+    mean, var = process.posterior(torch.from_numpy(z), torch.from_numpy(x), g_s, g_t)
     want = c_x0[:, None, None, None] * x + c_xt[:, None, None, None] * z
     np.testing.assert_allclose(mean.numpy(), want, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(var.numpy()[:, 0, 0, 0], beta_tilde, rtol=1e-9)
@@ -109,7 +109,7 @@ def test_posterior_from_first_step_is_the_data(linear):
     g_s = _col(linear.gamma(torch.tensor([0.0], dtype=F64)))
     g_t = _col(linear.gamma(torch.tensor([1.0 / T], dtype=F64)))
     x = torch.linspace(-1, 1, 8, dtype=F64).view(1, 1, 2, 4)
-    mean, var = D.posterior(torch.randn(1, 1, 2, 4, dtype=F64), x, g_s, g_t)
+    mean, var = process.posterior(torch.randn(1, 1, 2, 4, dtype=F64), x, g_s, g_t)
     assert torch.allclose(mean, x, atol=1e-15) and float(var.max()) == 0.0
 
 
@@ -118,12 +118,12 @@ def test_transition_matches_ddpm(linear):
     i = np.arange(1, T + 1)
     g_s = linear.gamma(torch.from_numpy((i - 1) / T))
     g_t = linear.gamma(torch.from_numpy(i / T))
-    a, var = D.transition(g_s, g_t)
+    a, var = process.transition(g_s, g_t)
     np.testing.assert_allclose(a.numpy(), np.sqrt(alphas), rtol=1e-12)   # adjacent: sqrt(1 - beta_t)
     np.testing.assert_allclose(var.numpy(), betas, rtol=1e-9)
     # respaced pair s < t: 1 - abar_t / abar_s
     s_idx, t_idx = np.array([1, 10, 500]), np.array([1000, 11, 900])
-    a, var = D.transition(linear.gamma(torch.from_numpy(s_idx / T)), linear.gamma(torch.from_numpy(t_idx / T)))
+    a, var = process.transition(linear.gamma(torch.from_numpy(s_idx / T)), linear.gamma(torch.from_numpy(t_idx / T)))
     r = abar[t_idx - 1] / abar[s_idx - 1]
     np.testing.assert_allclose(a.numpy() ** 2, r, rtol=1e-12)
     np.testing.assert_allclose(var.numpy(), 1 - r, rtol=1e-9)
@@ -138,14 +138,14 @@ def test_transition_and_posterior_sampling_moments(g_s, g_t):
     gen = torch.Generator().manual_seed(3)
     x = 0.7
     gs, gt = torch.tensor(g_s, dtype=F64), torch.tensor(g_t, dtype=F64)
-    z_s = D.q_sample(torch.full((n,), x, dtype=F64), gs, torch.randn(n, generator=gen, dtype=F64))
-    a_ts, v_ts = D.transition(gs, gt)
+    z_s = process.q_sample(torch.full((n,), x, dtype=F64), gs, torch.randn(n, generator=gen, dtype=F64))
+    a_ts, v_ts = process.transition(gs, gt)
     z_t = a_ts * z_s + v_ts.sqrt() * torch.randn(n, generator=gen, dtype=F64)
-    a_t, s_t = D.alpha_sigma(gt)
+    a_t, s_t = process.alpha_sigma(gt)
     se = float(s_t) / math.sqrt(n)
     assert abs(float(z_t.mean()) - float(a_t) * x) < 5 * se
     assert abs(float(z_t.var()) / float(s_t) ** 2 - 1) < 5 * math.sqrt(2 / n)
-    mean, var = D.posterior(z_t, torch.full((n,), x, dtype=F64), gs, gt)
+    mean, var = process.posterior(z_t, torch.full((n,), x, dtype=F64), gs, gt)
     r = z_s - mean
     v = float(var)
     assert abs(float(r.mean())) < 5 * math.sqrt(v / n)
@@ -159,9 +159,9 @@ def test_q_sample_predict_x0_inverse():
     x = torch.rand(4, 1, 3, 3, generator=g, dtype=F64) * 2 - 1
     eps = torch.randn(x.shape, generator=g, dtype=F64)
     gam = _col([-13.0, -2.0, 0.0, 5.0])
-    z = D.q_sample(x, gam, eps)
-    assert torch.allclose(D.predict_x0(z, eps, gam), x, atol=1e-10)
-    a, s = D.alpha_sigma(gam)
+    z = process.q_sample(x, gam, eps)
+    assert torch.allclose(process.predict_x0(z, eps, gam), x, atol=1e-10)
+    a, s = process.alpha_sigma(gam)
     assert torch.allclose(a ** 2 + s ** 2, torch.ones_like(a), atol=1e-15)
     assert torch.allclose(s ** 2 / a ** 2, gam.exp(), rtol=1e-12)
 
@@ -171,25 +171,25 @@ def test_reverse_with_true_eps_is_posterior():
     x = torch.rand(3, 1, 4, 4, generator=g, dtype=F64) * 2 - 1
     eps = torch.randn(x.shape, generator=g, dtype=F64)
     g_s, g_t = _col([-6.0, -1.0, 2.0]), _col([-5.0, 0.5, 4.0])
-    z = D.q_sample(x, g_t, eps)
-    m_q, v_q = D.posterior(z, x, g_s, g_t)
-    m_p, v_p = D.reverse(z, eps, g_s, g_t, "posterior")
+    z = process.q_sample(x, g_t, eps)
+    m_q, v_q = process.posterior(z, x, g_s, g_t)
+    m_p, v_p = process.reverse(z, eps, g_s, g_t, "posterior")
     assert torch.allclose(m_p, m_q, atol=1e-12) and torch.allclose(v_p, v_q)
-    m_p2, v_p2 = D.reverse(z, eps, g_s, g_t, "transition")
+    m_p2, v_p2 = process.reverse(z, eps, g_s, g_t, "transition")
     assert torch.allclose(m_p2, m_q, atol=1e-12)
-    assert torch.allclose(v_p2, D.transition(g_s, g_t)[1].expand_as(v_p2))
+    assert torch.allclose(v_p2, process.transition(g_s, g_t)[1].expand_as(v_p2))
     assert torch.all(v_p2 > v_q)                          # beta_t > beta-tilde_t
     with pytest.raises(ValueError):
-        D.reverse(z, eps, g_s, g_t, "learned")
+        process.reverse(z, eps, g_s, g_t, "learned")
 
 
 def test_prior_kl_is_gaussian_kl_to_standard_normal():
     x = torch.linspace(-1, 1, 11, dtype=F64)
     for gam in (-1.0, 5.0, 10.0):
         g = torch.tensor(gam, dtype=F64)
-        a, s = D.alpha_sigma(g)
-        want = D.gaussian_kl(a * x, s ** 2, torch.zeros_like(x), torch.ones_like(x))
-        assert torch.allclose(D.prior_kl(x, g), want, rtol=1e-10, atol=1e-15)
+        a, s = process.alpha_sigma(g)
+        want = process.gaussian_kl(a * x, s ** 2, torch.zeros_like(x), torch.ones_like(x))
+        assert torch.allclose(process.prior_kl(x, g), want, rtol=1e-10, atol=1e-15)
     # DDPM's L_T for x = 1: tiny but positive
-    lt = D.prior_kl(torch.ones(1, dtype=F64), torch.tensor(10.0, dtype=F64))
+    lt = process.prior_kl(torch.ones(1, dtype=F64), torch.tensor(10.0, dtype=F64))
     assert 0 < float(lt) < 1e-4

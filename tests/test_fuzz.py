@@ -24,7 +24,7 @@ from ddpm_codec import api
 from ddpm_codec.codec import lossless
 from ddpm_codec.diffusion.configs import get_config
 from ddpm_codec.diffusion.model import DiffusionModel
-from ddpm_codec.format import container as C
+from ddpm_codec.format import container
 from ddpm_codec.io.checkpoint import save_model
 
 BASE = settings(derandomize=True, database=None, deadline=None, print_blob=True,
@@ -68,15 +68,15 @@ def check_parse(blob: bytes):
     """The header layer: each entry point returns or raises StreamError, nothing else."""
     for allow in (False, True):
         try:
-            c = C.parse(blob, allow_truncated=allow)
-        except C.StreamError:
+            c = container.parse(blob, allow_truncated=allow)
+        except container.StreamError:
             continue
-        assert isinstance(c.header, dict) and c.mode in C.MODES and len(c.fingerprint) == 2 * C.FINGERPRINT_BYTES
+        assert isinstance(c.header, dict) and c.mode in container.MODES and len(c.fingerprint) == 2 * container.FINGERPRINT_BYTES
         assert allow or not c.truncated
     for f in (api.stream_names, api.stream_mode):
         try:
             f(blob)
-        except C.StreamError:
+        except container.StreamError:
             pass
 
 
@@ -89,7 +89,7 @@ def check_decode(codec, blob: bytes, want_sha=None) -> str:
                 codec.decompress_lossy(blob)
                 return "lossy"
             images = codec.decompress(blob)
-        except C.StreamError as e:
+        except container.StreamError as e:
             assert str(e) and "\n" not in str(e)
             return "error"
     if want_sha is not None:
@@ -158,15 +158,15 @@ def header_mutations(draw, header: dict):
 
 
 def repack(blob, **kw):
-    c = C.parse(blob)
+    c = container.parse(blob)
     fields = dict(mode=c.mode, fingerprint=c.fingerprint, header=c.header, payload=c.payload, encrypted=c.encrypted)
     fields.update(kw)
-    return C.pack(C.Container(**fields))
+    return container.pack(container.Container(**fields))
 
 
 # ---- parser layer (cheap, many cases) ------------------------------------------
 @settings(BASE, max_examples=300)
-@given(st.binary(max_size=400) | st.binary(max_size=400).map(lambda b: C.MAGIC + b))
+@given(st.binary(max_size=400) | st.binary(max_size=400).map(lambda b: container.MAGIC + b))
 def test_parser_random_bytes(blob):
     check_parse(blob)
 
@@ -184,17 +184,17 @@ def test_parser_mutated_streams(env, data):
        st.sampled_from([0, 9]), st.integers(0, 2))
 def test_parser_raw_headers_with_valid_crcs(env, text, level, length_lie):
     """Arbitrary header bytes (JSON or not) behind a valid CRC, and lying length fields."""
-    c = C.parse(env["streams"][0])
+    c = container.parse(env["streams"][0])
     head = zlib.compress(text, level)
     hlen = [len(head), len(head) + 1, (1 << 32) - 1][length_lie]
-    pre = C.MAGIC + bytes([1, 0, 1]) + bytes.fromhex(c.fingerprint) + struct.pack("<I", hlen) + head
+    pre = container.MAGIC + bytes([1, 0, 1]) + bytes.fromhex(c.fingerprint) + struct.pack("<I", hlen) + head
     blob = (pre + struct.pack("<I", zlib.crc32(pre)) + struct.pack("<Q", len(c.payload)) + c.payload
             + struct.pack("<I", zlib.crc32(c.payload)))
     check_parse(blob)
     try:
-        parsed = C.parse(blob)
+        parsed = container.parse(blob)
         lossless._check_header(parsed.header, len(parsed.payload))
-    except C.StreamError:
+    except container.StreamError:
         pass
 
 
@@ -203,7 +203,7 @@ def test_parser_raw_headers_with_valid_crcs(env, text, level, length_lie):
 @given(st.data())
 def test_repacked_headers_fail_cleanly_or_decode_exactly(env, data):
     src = data.draw(st.sampled_from(env["streams"]))
-    c = C.parse(src)
+    c = container.parse(src)
     h = data.draw(header_mutations(c.header))
     try:
         blob = repack(src, header=h)
@@ -219,7 +219,7 @@ def test_payload_damage_behind_valid_crc_never_decodes_wrongly(env, data):
     bytes that carry no pixel information (e.g. inside the classical seed's
     own container), still gives exactly the original pixels (checksum)."""
     src = data.draw(st.sampled_from(env["streams"]))
-    c = C.parse(src)
+    c = container.parse(src)
     p = bytearray(c.payload)
     kind = data.draw(st.sampled_from(["flip", "flip", "cut", "extend", "swap"]))
     if kind == "flip":

@@ -4,9 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ddpm_codec.codec import classical_seed as S
-from ddpm_codec.format import compact, image_table
-from ddpm_codec.format import container as C
+from ddpm_codec.codec import classical_seed
+from ddpm_codec.format import compact, container, image_table
 from ddpm_codec.io import classical
 
 
@@ -45,8 +44,8 @@ def test_any_image_list_round_trips(items):
     packed = image_table.pack(recs)
     assert image_table.unpack(packed["names"], packed["geoms"]) == recs
     # and through the container: the codec sees the list it wrote
-    blob = C.pack(C.Container("lossless", "00" * 8, {"images": recs, "groups": [1, 2]}, b"", False))
-    assert C.parse(blob).header == {"images": recs, "groups": [1, 2]}
+    blob = container.pack(container.Container("lossless", "00" * 8, {"images": recs, "groups": [1, 2]}, b"", False))
+    assert container.parse(blob).header == {"images": recs, "groups": [1, 2]}
 
 
 def test_numbered_list_costs_a_few_bytes():
@@ -80,11 +79,11 @@ def test_malformed_tables_are_refused(names, geoms, fragment):
 def test_raw_image_list_in_a_stored_header_is_refused():
     """Version 3 writes runs only; a record-by-record list is not ours."""
     head = compact.dumps({"images": [["a", "L", 1, 1, 1]]})
-    with pytest.raises(C.StreamError, match="bad image list"):
-        C.parse(C.pack_raw(0, b"\0" * 8, head, b""))
+    with pytest.raises(container.StreamError, match="bad image list"):
+        container.parse(container.pack_raw(0, b"\0" * 8, head, b""))
     head = compact.dumps({"names": ["a"]})
-    with pytest.raises(C.StreamError, match="bad image list"):
-        C.parse(C.pack_raw(0, b"\0" * 8, head, b""))
+    with pytest.raises(container.StreamError, match="bad image list"):
+        container.parse(container.pack_raw(0, b"\0" * 8, head, b""))
 
 
 @pytest.mark.parametrize("value", [[0, 1], [5, 300, 1 << 40], [0] * 1000, [1, True], [1, -1], [1], []])
@@ -110,19 +109,19 @@ def test_bare_vp8l_restores_the_webp_file(shape):
     rng = np.random.default_rng(sum(shape))
     px = rng.integers(0, 256, shape, dtype=np.uint8)
     webp = classical.encode_lossless("webp", px)
-    bits = S.bare_vp8l(webp)
+    bits = classical_seed.bare_vp8l(webp)
     assert bits is not None and len(bits) == len(webp) - 20 - (len(bits) & 1)
-    assert S.riff_vp8l(bits) == webp
+    assert classical_seed.riff_vp8l(bits) == webp
     unit = np.zeros((px.shape[2] if px.ndim == 3 else 1, *px.shape[:2]), np.uint8)
-    S.decode_unit("vp8l", bits, unit)
+    classical_seed.decode_unit("vp8l", bits, unit)
     assert np.array_equal(unit, px.reshape(*px.shape[:2], -1).transpose(2, 0, 1))
 
 
 def test_bare_vp8l_refuses_other_files():
-    assert S.bare_vp8l(b"RIFF\x00\x00\x00\x00WEBPVP8X" + b"\0" * 20) is None
-    assert S.bare_vp8l(b"\x89PNG\r\n\x1a\n" + b"\0" * 30) is None
+    assert classical_seed.bare_vp8l(b"RIFF\x00\x00\x00\x00WEBPVP8X" + b"\0" * 20) is None
+    assert classical_seed.bare_vp8l(b"\x89PNG\r\n\x1a\n" + b"\0" * 30) is None
     webp = classical.encode_lossless("webp", np.zeros((4, 4), np.uint8))
-    assert S.bare_vp8l(webp + b"\0\0") is None                 # sizes disagree
+    assert classical_seed.bare_vp8l(webp + b"\0\0") is None                 # sizes disagree
     unit = np.zeros((1, 5, 4), np.uint8)                        # wrong size: refused before decoding
-    with pytest.raises(C.StreamError, match="wrong size"):
-        S.decode_unit("vp8l", S.bare_vp8l(webp), unit)
+    with pytest.raises(container.StreamError, match="wrong size"):
+        classical_seed.decode_unit("vp8l", classical_seed.bare_vp8l(webp), unit)

@@ -30,7 +30,7 @@ def tiny(tmp_path_factory):
 
 def _rec(a, name="x.png", mode=None):
     a = a if a.ndim == 3 else a[:, :, None]
-    return lossless.ImageRecord(a, name, mode or {1: "L", 3: "RGB", 4: "RGBA"}[a.shape[2]])
+    return lossless.ImageRecord(pixels=a, name=name, mode=mode or {1: "L", 3: "RGB", 4: "RGBA"}[a.shape[2]])
 
 
 def test_roundtrip_odd_sizes_and_modes(tiny):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_codec.codec import lossy, lossy_steps
+from ddpm_codec.codec import lossy, lossy_frames
 from ddpm_codec.codec.lossless import ImageRecord
 from ddpm_codec.format import container, varint
 from ddpm_codec.testing.closed_form import closed_form_model
@@ -45,7 +45,7 @@ def model(request, data_set):
 
 
 def _rec(a, name="x.png"):
-    return ImageRecord(np.ascontiguousarray(a.transpose(1, 2, 0)), name, "L")
+    return ImageRecord(pixels=np.ascontiguousarray(a.transpose(1, 2, 0)), name=name, mode="L")
 
 
 def _header_len(data: bytes) -> int:
@@ -289,7 +289,7 @@ def test_api_round_trip_on_the_tiny_network(tiny_path):
     h = container.parse(data).header
     assert "rcc" not in h and "codec" not in h            # the defaults, left out
     assert lossy.HEADER_DEFAULTS["rcc"] == [*lossy.RCC_PARAMS.values(), lossy.FRAME_BITS]
-    other, _ = lossy.encode([lossy.ImageRecord(img[:, :, None], "x.png", "L")], codec.model, codec.fingerprint,
+    other, _ = lossy.encode([lossy.ImageRecord(pixels=img[:, :, None], name="x.png", mode="L")], codec.model, codec.fingerprint,
                             steps=3, params={"margin_bits": 3.0})
     assert container.parse(other).header["rcc"] == [10.0, 3.0, 20, lossy.FRAME_BITS]
     assert lossy.decode(other, codec.model, codec.fingerprint)[0].pixels.shape == (8, 8, 1)
@@ -336,9 +336,9 @@ def test_chunk_count_code_round_trips_with_escapes():
     cases = [(1, 1.0, 784), (3, 2.5, 784), (40, 1.0, 784), (784, 3.0, 784), (5000, 2.0, 1 << 30)]
     w = Writer()
     for c0, pred, dims in cases:
-        assert lossy_steps._code_count(w, c0, pred, dims) == c0
+        assert lossy_frames._code_count(w, c0, pred, dims) == c0
     r = Reader(w.payload())
-    assert [lossy_steps._code_count(r, 0, pred, dims) for _, pred, dims in cases] == [c for c, _, _ in cases]
+    assert [lossy_frames._code_count(r, 0, pred, dims) for _, pred, dims in cases] == [c for c, _, _ in cases]
     r.finish()
 
 

@@ -1,4 +1,4 @@
-"""One image alone coded as pixel groups with a conditional net (ddpm_codec.codec.lossless_groups)."""
+"""One image alone coded as pixel groups with a conditional net (ddpm_codec.codec.pixel_group_codec)."""
 import json
 
 import numpy as np
@@ -7,11 +7,10 @@ import torch
 from helpers import random_model
 from scipy.special import ndtr
 
-from ddpm_codec.codec import lossless
-from ddpm_codec.codec import lossless_groups as LG
+from ddpm_codec.codec import lossless, pixel_group_codec
 from ddpm_codec.codec.units import ImageRecord
-from ddpm_codec.diffusion import pixel_groups as G
-from ddpm_codec.format import container as C
+from ddpm_codec.diffusion import pixel_groups
+from ddpm_codec.format import container
 from ddpm_codec.io.checkpoint import CheckpointError, fingerprint, load_companion, load_model, save_model
 from ddpm_codec.training.groups import conditional_from, draw_targets, group_loss
 
@@ -37,25 +36,25 @@ def cond_model():
 
 def test_group_sizes_cover_the_image_and_shrink():
     for n in (784, 400, 1024, 30):
-        sizes = G.group_sizes(n)
+        sizes = pixel_groups.group_sizes(n)
         assert sum(sizes) == n and all(s > 0 for s in sizes)
         assert sizes == sorted(sizes, reverse=True)
-    g = G.group_index(28, 28)
+    g = pixel_groups.group_index(28, 28)
     counts = np.bincount(g.reshape(-1))
-    assert list(counts) == G.group_sizes(784)
-    assert np.array_equal(g, G.group_index(28, 28))           # fixed: encoder and decoder agree
+    assert list(counts) == pixel_groups.group_sizes(784)
+    assert np.array_equal(g, pixel_groups.group_index(28, 28))           # fixed: encoder and decoder agree
 
 
 def test_network_input_hides_what_the_decoder_does_not_know():
-    g = torch.from_numpy(G.group_index(28, 28)).view(1, 1, 28, 28)
-    known, target = G.masks(g, torch.tensor([3]))
-    assert int(known.sum()) == sum(G.group_sizes(784)[:3]) and int(target.sum()) == G.group_sizes(784)[3]
+    g = torch.from_numpy(pixel_groups.group_index(28, 28)).view(1, 1, 28, 28)
+    known, target = pixel_groups.masks(g, torch.tensor([3]))
+    assert int(known.sum()) == sum(pixel_groups.group_sizes(784)[:3]) and int(target.sum()) == pixel_groups.group_sizes(784)[3]
     z, x = torch.randn(1, 1, 28, 28), torch.rand(1, 1, 28, 28)
-    canvas, cond = G.network_input(z, x, known, target, torch.tensor(0.5))
+    canvas, cond = pixel_groups.network_input(z, x, known, target, torch.tensor(0.5))
     unknown = ~(known | target)
     # changing unknown pixels or latents off the group changes nothing the net sees
     z2, x2 = torch.where(unknown | known, torch.randn_like(z), z), torch.where(unknown | target, torch.rand_like(x), x)
-    c2, d2 = G.network_input(z2, x2, known, target, torch.tensor(0.5))
+    c2, d2 = pixel_groups.network_input(z2, x2, known, target, torch.tensor(0.5))
     assert torch.equal(canvas, c2) and torch.equal(cond, d2)
 
 
@@ -63,7 +62,7 @@ def test_conditional_net_starts_as_its_base_and_base_fingerprints_are_unchanged(
     base, _ = cond_model
     m = conditional_from(base)
     assert "cond_channels" not in base.config()["unet"]       # old configs hash as before
-    assert m.config()["unet"]["cond_channels"] == G.COND_CHANNELS
+    assert m.config()["unet"]["cond_channels"] == pixel_groups.COND_CHANNELS
     z, t = torch.randn(2, 1, 28, 28), torch.tensor([0.3, 0.7])
     with torch.no_grad():
         assert torch.allclose(m.eps(z, t, torch.randn(2, 3, 28, 28)), base.eps(z, t), atol=1e-6)
@@ -77,9 +76,9 @@ def test_group_loss_trains_the_conditioning_conv(cond_model):
     base, _ = cond_model
     m = conditional_from(base).train()
     x = torch.rand(4, 1, 28, 28) * 2 - 1
-    groups = torch.from_numpy(G.group_index(28, 28)).view(1, 1, 28, 28)
+    groups = torch.from_numpy(pixel_groups.group_index(28, 28)).view(1, 1, 28, 28)
     gen = torch.Generator().manual_seed(0)
-    target = draw_targets(G.group_sizes(784), 4, gen)
+    target = draw_targets(pixel_groups.group_sizes(784), 4, gen)
     loss = group_loss(m, x, groups, target, torch.rand(4), torch.randn(4, 1, 28, 28))
     assert loss.shape == (4,) and bool(torch.all(torch.isfinite(loss)))
     loss.mean().backward()
@@ -87,7 +86,7 @@ def test_group_loss_trains_the_conditioning_conv(cond_model):
 
 
 def _record(px, name="blob.png"):
-    return ImageRecord(px[:, :, None].copy(), name, "L")
+    return ImageRecord(pixels=px[:, :, None].copy(), name=name, mode="L")
 
 
 def test_pixel_groups_round_trip_exactly(cond_model):
@@ -95,26 +94,29 @@ def test_pixel_groups_round_trip_exactly(cond_model):
     fp = fingerprint(m)
     px = _garment(0)
     data, rep = lossless._encode_pixel_groups([_record(px)], m, fp, 4, 0.25, True, 0)
-    h = C.parse(data).header
-    assert int(h["pixel_groups"][0], 16) > len(LG.COARSE_GRIDS)   # the first group is always coded directly
-    assert rep.pixel_groups == len(G.group_sizes(784))
+    h = container.parse(data).header
+    assert int(h["pixel_groups"][0], 16) > len(pixel_group_codec.COARSE_GRIDS)   # the first group is always coded directly
+    assert rep.pixel_groups == len(pixel_groups.group_sizes(784))
     out = lossless.decode(data, None, "00" * 32, groups_model=(m, fp))
     assert np.array_equal(out[0].pixels[:, :, 0], px) and out[0].name == "blob.png"
     # the stream holds what the coder says it costs, plus the header and word padding
-    assert 8 * len(C.parse(data).payload) - rep.ideal_net_bits < 64 + 0.01 * rep.ideal_net_bits
+    assert 8 * len(container.parse(data).payload) - rep.ideal_net_bits < 64 + 0.01 * rep.ideal_net_bits
 
 
 def test_direct_code_costs_what_the_discretized_gaussian_says(cond_model):
     """The first group's direct code against -log2 of bin masses computed here."""
     _, m = cond_model
     px = _garment(1)
-    groups = G.group_index(28, 28)
+    groups = pixel_groups.group_index(28, 28)
     k = int(groups.max())
     times = m.schedule.chain(4)
-    chain = LG.GroupChain(m, times, 0.25, groups, k, px)
+    chain = pixel_group_codec.GroupChain(m, times, 0.25, groups, k, px)
     x = px.reshape(1, -1)[:, np.flatnonzero(groups.reshape(-1) == k)]
     from bitsback.ans.message import Message
-    msg, j, bits = LG._push_direct(Message.empty(), x, chain)
+    codes = [pixel_group_codec.DirectCodec(chain, i).push(Message.empty(), x) for i in range(len(pixel_group_codec.DIRECT_FACTORS))]
+    j = int(np.argmin([c.num_bits() for c in codes]))
+    bits = codes[j].num_bits()
+    assert pixel_group_codec.DirectCodec(chain, j).pop(codes[j])[1].tolist() == x.tolist()
     mean_m, spread = chain.direct_prediction()
     mean = (mean_m.reshape(-1) + 1) * 127.5
     v = x.reshape(-1).astype(float)
@@ -135,20 +137,20 @@ def test_direct_code_costs_what_the_discretized_gaussian_says(cond_model):
         return -np.log2(np.maximum(hi - lo, 2.0 ** -24)).sum()
 
     ideal = code_bits(chain.direct_scales(j, spread))
-    best = min(code_bits(chain.direct_scales(i, spread)) for i in range(len(LG.DIRECT_FACTORS)))
+    best = min(code_bits(chain.direct_scales(i, spread)) for i in range(len(pixel_group_codec.DIRECT_FACTORS)))
     assert ideal <= best + 2.0          # the scale picked is the best one (by real, not ideal, bits)
     assert abs(bits - ideal) < 0.02 * ideal + 64
 
 
 def test_group_codes_round_trip_and_refuse_garbage():
-    res = LG.GroupResult()
+    res = pixel_group_codec.GroupResult()
     res.coarse, res.direct = [[2, 1.0]], [[0, 5], [1, 10]]
-    codes = LG.group_codes(res, 10, LG.COARSE_GRIDS)
-    assert LG.read_group_codes(codes, 10, LG.COARSE_GRIDS) == ({2: 1.0}, {0: 5, 1: 10})
+    codes = pixel_group_codec.group_codes(res, 10, pixel_group_codec.COARSE_GRIDS)
+    assert pixel_group_codec.read_group_codes(codes, 10, pixel_group_codec.COARSE_GRIDS) == ({2: 1.0}, {0: 5, 1: 10})
     assert len(codes) == 10
     for bad in (codes[:-1], "0" + codes[1:], codes[:-1] + "g", codes[:-1] + "F", codes + "00", 7, [5] * 10):
         with pytest.raises(ValueError):
-            LG.read_group_codes(bad, 10, LG.COARSE_GRIDS)
+            pixel_group_codec.read_group_codes(bad, 10, pixel_group_codec.COARSE_GRIDS)
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +183,7 @@ def test_group_stream_refuses_a_model_without_its_companion(model_dir, cond_mode
     alt = lossless._encode_pixel_groups([_record(_garment(4))], *codec.groups, 4, 0.25, True, 0)[0]
     base, _ = cond_model
     save_model(base, tmp_path / "model", {"recommended_steps": 4})
-    with pytest.raises(C.ModelMismatch, match="pixel groups"):
+    with pytest.raises(container.ModelMismatch, match="pixel groups"):
         Codec(str(tmp_path)).decompress(alt)
     # a companion fine-tuned from another model is refused when loading
     other = random_model("tiny-vdm", 5, scale=0.02)
@@ -194,18 +196,18 @@ def test_damaged_group_streams_fail_cleanly(model_dir):
     from ddpm_codec.api import Codec
     codec = Codec(str(model_dir))
     data = lossless._encode_pixel_groups([_record(_garment(5))], *codec.groups, 4, 0.25, True, 0)[0]
-    c = C.parse(data)
+    c = container.parse(data)
     for change in ({"pixel_groups": "00" * 5}, {"pixel_groups": c.header["pixel_groups"][:4]},
                    {"pixel_groups": [5] * 10},
                    {"steps": 0}, {"steps": 90000}, {"seed_codecs": [1]}, {"pixels_sha256": "00" * 8}):
         h = {**c.header, **change}
-        bad = C.pack(C.Container("lossless", codec.groups[1], h, c.payload, c.encrypted))
-        with pytest.raises(C.StreamError):
+        bad = container.pack(container.Container("lossless", codec.groups[1], h, c.payload, c.encrypted))
+        with pytest.raises(container.StreamError):
             codec.decompress(bad)
     flipped = bytearray(c.payload)
     flipped[len(flipped) // 2] ^= 0x10
-    bad = C.pack(C.Container("lossless", codec.groups[1], c.header, bytes(flipped), c.encrypted))
-    with pytest.raises(C.StreamError):
+    bad = container.pack(container.Container("lossless", codec.groups[1], c.header, bytes(flipped), c.encrypted))
+    with pytest.raises(container.StreamError):
         codec.decompress(bad)
 
 
@@ -217,7 +219,7 @@ def test_shipped_companion_if_present_matches_the_default_model():
     base, meta = load_model(None)
     model, fp = load_companion(None, meta["fingerprint"])
     assert json.loads(comp.read_text())["base_fingerprint"] == meta["fingerprint"]
-    assert LG.supports(model, (1, 28, 28))
+    assert pixel_group_codec.supports(model, (1, 28, 28))
 
 
 def test_cli_round_trips_one_image_by_pixel_groups_and_refuses_a_plain_model(model_dir, cond_model, tmp_path):

@@ -31,8 +31,7 @@ from PIL import Image
 from ddpm_codec.codec.lossless import _times_hash
 from ddpm_codec.diffusion.configs import get_config
 from ddpm_codec.diffusion.model import DiffusionModel
-from ddpm_codec.format import compact, varint
-from ddpm_codec.format import container as C
+from ddpm_codec.format import compact, container, varint
 from ddpm_codec.io.checkpoint import load_model, save_model
 from ddpm_codec_cli.main import cli
 
@@ -109,7 +108,7 @@ def ref(models, tmp_path_factory):
     res = run("compress", d / "a.png", d / "b.png", "-o", d / "s.ddpmc", "--model", models["tiny"], "--steps", 2)
     assert res.exit_code == 0, res.output
     data = (d / "s.ddpmc").read_bytes()
-    return {"data": data, "c": C.parse(data), "a": a, "b": b, "dir": d}
+    return {"data": data, "c": container.parse(data), "a": a, "b": b, "dir": d}
 
 
 def repack(ref, header=None, payload=None, replace=False, **kw):
@@ -119,14 +118,14 @@ def repack(ref, header=None, payload=None, replace=False, **kw):
         h = header
     elif header:
         h.update(header)
-    return C.pack(C.Container(kw.get("mode", "lossless"), kw.get("fingerprint", c.fingerprint), h,
+    return container.pack(container.Container(kw.get("mode", "lossless"), kw.get("fingerprint", c.fingerprint), h,
                               c.payload if payload is None else payload, c.encrypted))
 
 
-def raw_stream(ref, head: bytes, version=C.VERSION):
+def raw_stream(ref, head: bytes, version=container.VERSION):
     """A stream with the given raw header bytes behind valid CRCs."""
     c = ref["c"]
-    return C.pack_raw(0, bytes.fromhex(c.fingerprint), head, c.payload, version=version, flags=1)
+    return container.pack_raw(0, bytes.fromhex(c.fingerprint), head, c.payload, version=version, flags=1)
 
 
 def flip(data: bytes, i: int, bit=0) -> bytes:
@@ -149,12 +148,12 @@ def decompress_fails(tmp_path, models, blob, fragment, model="tiny"):
 def _byte_cases(ref):
     d = ref["data"]
     c = ref["c"]
-    hend = C.header_end(d)                       # the payload length field starts here
+    hend = container.header_end(d)                       # the payload length field starts here
     hlen = varint.decode(d, 16)[0]
     hstart = hend - 2 - hlen
     pay = hend + len(varint.encode(len(c.payload)))
     def other(version):                          # a well-formed file of another format version
-        return C.pack_raw(0, bytes.fromhex(c.fingerprint), compact.dumps(C.stored_header(c.header)), c.payload,
+        return container.pack_raw(0, bytes.fromhex(c.fingerprint), compact.dumps(container.stored_header(c.header)), c.payload,
                           version=version, flags=1)
     return {
         "empty": (b"", "empty file"),
@@ -165,10 +164,10 @@ def _byte_cases(ref):
         "cut-in-header": (d[:hstart + hlen // 2], "truncated stream"),
         "cut-in-payload": (d[:pay + 100], "truncated stream: payload has"),
         "cut-last-byte": (d[:-1], "truncated stream"),
-        "future-version": (other(C.VERSION + 1), f"version {C.VERSION + 1} is not supported"),
+        "future-version": (other(container.VERSION + 1), f"version {container.VERSION + 1} is not supported"),
         "old-version": (other(1), "version 1 was written by an older ddpm-codec"),
         "flip-magic": (flip(d, 0), "bad magic"),
-        "flip-version": (flip(d, 5, 2), f"version {C.VERSION ^ 4} is not supported"),
+        "flip-version": (flip(d, 5, 2), f"version {container.VERSION ^ 4} is not supported"),
         "flip-mode": (flip(d, 6, 3), "unknown mode"),
         "flip-flags": (flip(d, 7, 4), "unknown mode or flags"),
         "flip-fingerprint": (flip(d, 12), "header checksum mismatch"),
@@ -264,7 +263,7 @@ def test_header_damage_behind_valid_crc(tmp_path, models, ref, case):
 def test_encryption_flag_flipped_behind_valid_crc(tmp_path, models, ref):
     """The keystream is on iff flag bit 0 says so (the header no longer repeats it)."""
     c = ref["c"]
-    blob = C.pack_raw(0, bytes.fromhex(c.fingerprint), compact.dumps(C.stored_header(c.header)), c.payload, flags=0)
+    blob = container.pack_raw(0, bytes.fromhex(c.fingerprint), compact.dumps(container.stored_header(c.header)), c.payload, flags=0)
     assert_deep(decompress_fails(tmp_path, models, blob, ""))
 
 
@@ -291,11 +290,11 @@ def test_header_cannot_make_the_decoder_allocate(tmp_path, models, ref):
     decompress_fails(tmp_path, models, raw_stream(ref, compact.dumps(h)), "header length out of range")
     # the same claim in a header that fits, with a 10-byte payload
     h["images"] = [["", "RGBA", 65536, 65536, 4]] * 3000
-    blob = C.pack(C.Container("lossless", ref["c"].fingerprint, h, b"0123456789", True))
+    blob = container.pack(container.Container("lossless", ref["c"].fingerprint, h, b"0123456789", True))
     decompress_fails(tmp_path, models, blob, "larger than any encoder writes")
     # one 256 KiB image: allocatable, but not for a 10-byte payload
     h["images"], h["groups"], h["coarse"], h["topups"] = [["big", "RGBA", 256, 256, 4]], [1], [], []
-    blob = C.pack(C.Container("lossless", ref["c"].fingerprint, h, b"0123456789", True))
+    blob = container.pack(container.Container("lossless", ref["c"].fingerprint, h, b"0123456789", True))
     decompress_fails(tmp_path, models, blob, "corrupt stream")
     assert time.time() - t0 < 20
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0 < 300_000      # KiB

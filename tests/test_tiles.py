@@ -12,7 +12,7 @@ from ddpm_codec.codec import lossless
 from ddpm_codec.codec.units import ImageRecord, count_units, place_unit, tile_spans, to_units
 from ddpm_codec.diffusion.configs import get_config
 from ddpm_codec.diffusion.model import DiffusionModel
-from ddpm_codec.format import container as C
+from ddpm_codec.format import container
 from ddpm_codec.io.checkpoint import load_model, save_model
 
 
@@ -37,11 +37,11 @@ def test_tile_spans_partition_the_axis_evenly(n, tile, multiple):
 @pytest.mark.parametrize("tile, multiple", [(28, 4), (8, 1), (5, 2)])
 def test_units_place_back_exactly(shape, channels, tile, multiple):
     rng = np.random.default_rng(sum(shape) + tile)
-    im = ImageRecord(rng.integers(0, 256, shape, dtype=np.uint8), "a.png", "RGB")
+    im = ImageRecord(pixels=rng.integers(0, 256, shape, dtype=np.uint8), name="a.png", mode="RGB")
     units = to_units([im], channels, multiple, tile)
     assert len(units) == count_units([im], channels, tile)
     assert all(u.pixels.shape[1] % multiple == 0 and u.pixels.shape[2] % multiple == 0 for u in units)
-    back = ImageRecord(np.zeros(shape, np.uint8), "a.png", "RGB")
+    back = ImageRecord(pixels=np.zeros(shape, np.uint8), name="a.png", mode="RGB")
     for u in units:
         place_unit(back, u)
     assert np.array_equal(back.pixels, im.pixels)
@@ -61,12 +61,12 @@ def test_tiled_and_whole_streams_round_trip(tiny):
     rng = np.random.default_rng(1)
     img = rng.integers(0, 256, (side + 9, 2 * side + 3, 3), dtype=np.uint8)
     small = rng.integers(0, 256, (5, 7, 1), dtype=np.uint8)
-    images = [ImageRecord(img, "big.png", "RGB"), ImageRecord(small, "small.png", "L")]
+    images = [ImageRecord(pixels=img, name="big.png", mode="RGB"), ImageRecord(pixels=small, name="small.png", mode="L")]
     tiled, rep = lossless.encode(images, model, fp, steps=3, tiles="always")
     assert rep.tile == side and rep.units == 3 * 2 * 3 + 1
-    assert C.parse(tiled).header["tile"] == side
+    assert container.parse(tiled).header["tile"] == side
     whole, rep_w = lossless.encode(images, model, fp, steps=3, tiles="never")
-    assert rep_w.tile == 0 and rep_w.units == 4 and "tile" not in C.parse(whole).header
+    assert rep_w.tile == 0 and rep_w.units == 4 and "tile" not in container.parse(whole).header
     for data in (tiled, whole):
         out = lossless.decode(data, model, fp)
         assert [o.name for o in out] == ["big.png", "small.png"]
@@ -82,19 +82,19 @@ def test_tiled_and_whole_streams_round_trip(tiny):
 def test_images_within_one_tile_are_not_tiled(tiny):
     model, fp = tiny
     img = np.random.default_rng(2).integers(0, 256, (28, 20, 1), dtype=np.uint8)
-    assert lossless.tile_options([ImageRecord(img, "a", "L")], model, "always") == [0]
-    a, _ = lossless.encode([ImageRecord(img, "a", "L")] * 2, model, fp, steps=2, tiles="always")
-    b, _ = lossless.encode([ImageRecord(img, "a", "L")] * 2, model, fp, steps=2, tiles="never")
+    assert lossless.tile_options([ImageRecord(pixels=img, name="a", mode="L")], model, "always") == [0]
+    a, _ = lossless.encode([ImageRecord(pixels=img, name="a", mode="L")] * 2, model, fp, steps=2, tiles="always")
+    b, _ = lossless.encode([ImageRecord(pixels=img, name="a", mode="L")] * 2, model, fp, steps=2, tiles="never")
     assert a == b
 
 
 def test_many_units_keep_whole_planes(tiny):
     model, _ = tiny
-    imgs = [ImageRecord(np.zeros((40, 40, 1), np.uint8), f"{k}", "L") for k in range(lossless.TILE_BELOW_UNITS)]
+    imgs = [ImageRecord(pixels=np.zeros((40, 40, 1), np.uint8), name=f"{k}", mode="L") for k in range(lossless.TILE_BELOW_UNITS)]
     assert lossless.tile_options(imgs, model) == [0]
     assert lossless.tile_options(imgs[:-1], model) == [28, 0]
-    assert lossless.tile_options([ImageRecord(np.zeros((57, 9, 1), np.uint8), "a", "L")], model) == [28, 56, 0]
-    many = [ImageRecord(np.zeros((28 * 9, 28 * 8, 1), np.uint8), "a", "L")]     # 72 tiles > 64
+    assert lossless.tile_options([ImageRecord(pixels=np.zeros((57, 9, 1), np.uint8), name="a", mode="L")], model) == [28, 56, 0]
+    many = [ImageRecord(pixels=np.zeros((28 * 9, 28 * 8, 1), np.uint8), name="a", mode="L")]     # 72 tiles > 64
     assert lossless.tile_options(many, model) == [28]
     with pytest.raises(ValueError):
         lossless.tile_options(imgs, model, "sometimes")
@@ -102,8 +102,8 @@ def test_many_units_keep_whole_planes(tiny):
 
 def test_whole_plane_limit_and_tiled_limit(tiny):
     model, fp = tiny
-    big = ImageRecord(np.zeros((300, 300, 1), np.uint8), "big.png", "L")     # > 2^16 pixels
-    with pytest.raises(C.CodecError, match="as one plane"):
+    big = ImageRecord(pixels=np.zeros((300, 300, 1), np.uint8), name="big.png", mode="L")     # > 2^16 pixels
+    with pytest.raises(container.CodecError, match="as one plane"):
         lossless.encode([big], model, fp, steps=2, tiles="never")
     assert lossless.tile_options([big], model) == [28]                        # auto must tile it
 
@@ -112,15 +112,15 @@ def test_hostile_tile_field_is_refused(tiny):
     """A header asking for 1-pixel tiles of a large image must not make the decoder
     build millions of units: a clean StreamError before any allocation."""
     model, fp = tiny
-    img = ImageRecord(np.zeros((60, 60, 1), np.uint8), "a.png", "L")
+    img = ImageRecord(pixels=np.zeros((60, 60, 1), np.uint8), name="a.png", mode="L")
     data, _ = lossless.encode([img], model, fp, steps=2, tiles="always")
-    c = C.parse(data)
+    c = container.parse(data)
     for tile, geom in ((1, [4000, 4000]), (0, [400, 400])):
         h = dict(c.header)
         h["images"] = [["a.png", "L", *geom, 1]]
         h["tile"] = tile
-        bad = C.pack(C.Container("lossless", c.fingerprint, h, c.payload, c.encrypted))
-        with pytest.raises(C.StreamError):
+        bad = container.pack(container.Container("lossless", c.fingerprint, h, c.payload, c.encrypted))
+        with pytest.raises(container.StreamError):
             lossless.decode(bad, model, fp)
 
 
@@ -131,7 +131,7 @@ def test_one_large_image_funds_its_own_chain(fmnist_images):
     model, meta = load_model(None)
     tiles = fmnist_images[:9, 0]
     img = np.ascontiguousarray(tiles.reshape(3, 3, 28, 28).transpose(0, 2, 1, 3).reshape(84, 84))[:, :, None]
-    rec = [ImageRecord(img, "mosaic.png", "L")]
+    rec = [ImageRecord(pixels=img, name="mosaic.png", mode="L")]
     tiled, rep = lossless.encode(rec, model, meta["fingerprint"], steps=25, tiles="always")
     whole, rep_w = lossless.encode(rec, model, meta["fingerprint"], steps=25, tiles="never")
     assert rep.units == 9 and rep.seed_units == 1 and rep_w.units == 1

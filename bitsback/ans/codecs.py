@@ -17,7 +17,12 @@ Composites:
   known_words(words)   a fixed run of words on top of the stack (PRNG top-ups):
                        push appends them, pop checks they came back and strips them;
   base_words(enc, dec) the bottom of the stack as whole words (a seed): push
-                       needs an empty message, pop takes everything left.
+                       needs an empty message, pop takes everything left;
+  chained(make, n)     n codecs where the i-th depends on the values popped
+                       before it (craystack's from_generator, for conditional
+                       pieces such as pixel groups): pop 0..n-1, push n-1..0;
+  tap(codec, seen)     the same codec, calling seen(x) after each push and pop
+                       (progress bars).
 """
 from __future__ import annotations
 
@@ -93,3 +98,41 @@ def base_words(to_words: Callable[[Any], np.ndarray], from_words: Callable[[np.n
         return Message.empty(), from_words(msg.words())
 
     return Codec(push, pop, what)
+
+
+def chained(make: Callable[[int, list], Any], n: int) -> Codec:
+    """x is a list of n values; ``make(i, x[:i])`` is the codec of x[i], so each
+    piece may depend on those decoded before it.  The decoder pops x[0] first,
+    so the encoder pushes x[n-1] first and x[0] last (on top)."""
+
+    def push(msg, xs):
+        if len(xs) != n:
+            raise ValueError(f"chained: {len(xs)} values for {n} codecs")
+        for i in reversed(range(n)):
+            msg = make(i, list(xs[:i])).push(msg, xs[i])
+        return msg
+
+    def pop(msg):
+        xs = []
+        for i in range(n):
+            msg, x = make(i, xs).pop(msg)
+            xs.append(x)
+        return msg, xs
+
+    return Codec(push, pop, f"chained({n})")
+
+
+def tap(codec, seen: Callable[[Any], None]) -> Codec:
+    """`codec`, calling ``seen(x)`` after each push and each pop (the law is unchanged)."""
+
+    def push(msg, x):
+        out = codec.push(msg, x)
+        seen(x)
+        return out
+
+    def pop(msg):
+        msg, x = codec.pop(msg)
+        seen(x)
+        return msg, x
+
+    return Codec(push, pop, f"tap({getattr(codec, 'name', 'codec')})", (codec,))

@@ -44,35 +44,192 @@ with high probability (measured ~90% of truncations, ~80% of bit flips, at
 no cost); check_bits=k makes it 1 - 2^-k and also catches a wrong seed. seed, step, shape and the three tuning parameters are not in
 the payload: the decoder must be given the encoder's (the container keeps
 them). For several steps use :func:`frame` / :func:`unframe`.
+
+The codec: :class:`GaussianStep` describes those symbols once, for a
+:class:`~bitsback.rcc.coder.Writer` (``encode``) and a
+:class:`~bitsback.rcc.coder.Reader` (``decode``); how the chunk count and
+the octaves are modelled, and the "some chunk is halved" flag, are its
+parameters, so a format that codes several steps per payload with models of
+its own (ddpm_codec's progressive lossy frames) uses the same codec.
+:func:`encode_gaussian` / :func:`decode_gaussian` are one step per payload
+with the models above.
 """
 import time
 import zlib
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
-from bitsback.rcc.coder import RCCError, Reader, Writer, categorical, frame, unframe, uniform
+from bitsback.rcc.coder import Model, RCCError, Reader, Writer, categorical, frame, unframe, uniform
 from bitsback.rcc.index import join_index, mantissa_size, octave_prior, search_log2, split_index
 from bitsback.rcc.layout import chunk_count, code_layout, gaussian_kl_bits, max_extra, overflow_rule
 from bitsback.rcc.search import log_weight_coefs, pfr_search, regenerate
 from bitsback.rcc.shared_random import check_key, permutation
 
-__all__ = ["RCCError", "encode_gaussian", "decode_gaussian", "gaussian_kl_bits",
-           "frame", "unframe"]
+__all__ = ["RCCError", "GaussianStep", "StepSymbols", "SentStep", "BitLengthCount", "encode_gaussian",
+           "decode_gaussian", "gaussian_kl_bits", "frame", "unframe"]
 
 MAX_LOG2 = 23          # constriction's Uniform needs sizes < 2^24
 
 
-def _code_check(io, check_bits: int, context: tuple) -> None:
-    """Optional CRC (low check_bits bits) of everything coded so far and the context."""
-    if check_bits == 0:
-        return
-    data = repr(context).encode() + np.array([s for s, _ in io.items], dtype="<i8").tobytes()
-    want = zlib.crc32(data) & ((1 << check_bits) - 1)
-    if io.code(want, uniform(1 << check_bits)) != want:
-        raise RCCError("check bits differ: corrupted payload or other seed/step/parameters")
+# ---- how the chunk count is coded: one object per payload format ---------------
+
+class BitLengthCount:
+    """c0 = ceil(KL / B) by its bit length (fixed prior) and the bits below its
+    leading one; C - c0 mostly 0.  The count code of a standalone payload."""
+
+    def code_c0(self, io, c0: int, dims: int) -> int:
+        bit_lengths = categorical([2.0 ** (-0.5 * k) for k in range(dims.bit_length())])
+        bl = io.code(c0.bit_length() - 1, bit_lengths) + 1
+        if bl < 2:
+            return 1
+        return (1 << (bl - 1)) + io.code(c0 - (1 << (bl - 1)), uniform(1 << (bl - 1)))
+
+    def extra_model(self, n: int) -> Model:
+        return categorical([float(n + 1)] + [1.0 / k for k in range(1, n + 1)])
 
 
-def _check_params(bits_per_chunk, margin_bits, lmax, check_bits):
+def prior_octaves(c0: int, chunks: int, bits_per_chunk: float, margin_bits: float, lmax: int) -> Model:
+    """The octave model of :func:`bitsback.rcc.index.octave_prior`."""
+    return categorical(octave_prior(c0, chunks, bits_per_chunk, margin_bits, lmax))
+
+
+# ---- what one step's payload says ---------------------------------------------
+
+@dataclass
+class StepSymbols:
+    """What a step's symbols tell both sides: the counts, the chunks (start,
+    size) in the shared order, and the PFR winner's index in every chunk."""
+    c0: int                       # ceil(KL / bits_per_chunk)
+    base_chunks: int              # C, before halving
+    leaves: list
+    indices: list
+
+    @property
+    def octaves(self) -> list:
+        return [int(i).bit_length() for i in self.indices]
+
+
+@dataclass
+class SentStep(StepSymbols):
+    """StepSymbols plus what only the encoder knows."""
+    kl_bits: float = 0.0
+    side_bits: float = 0.0        # ideal length of the side information (counts, layout)
+    index_bits: float = 0.0       # ideal length of the chunk indices (and check bits)
+    chunk_kl_bits: list = field(default_factory=list)
+    log2_candidates: list = field(default_factory=list)
+    log_weights: list = field(default_factory=list)     # log q/p at each chunk's winner, nats
+
+    @property
+    def n_candidates(self) -> int:
+        return sum(1 << L for L in self.log2_candidates)
+
+
+# ---- the codec ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GaussianStep:
+    """RCC of one diagonal-Gaussian sample keyed by (seed, step): the side
+    information (chunk count, C - c0, halving flags), then per chunk the PFR
+    winner's index octave and mantissa, then optionally check bits.
+
+    ``encode(writer, q, p, seed, step)`` appends the symbols and returns (the
+    sample, :class:`SentStep`); ``decode(reader, p, seed, step)`` reads them
+    and returns (the same sample, :class:`StepSymbols`).  q and p are (mean,
+    s.d.) arrays of one shape."""
+    bits_per_chunk: float
+    margin_bits: float
+    max_candidates_log2: int
+    count_code: object = BitLengthCount()        # code_c0(io, c0, dims) and extra_model(n)
+    octave_model: Callable = prior_octaves        # (c0, C, B, margin, lmax) -> the chunks' octave model
+    split_model: Model | None = None              # "some chunk is halved" (None: the layout's 15:1)
+    check_bits: int = 0
+
+    def encode(self, writer: Writer, q, p, seed: int, step: int, side_from: int | None = None):
+        """side_from: where this step's side information starts in ``writer.items``
+        if the caller coded some of it (default: where this call starts)."""
+        m, lmax = self.margin_bits, self.max_candidates_log2
+        shape, dims = p[0].shape, p[0].size
+        perm = permutation(dims, seed, step)
+        mq, sq, mp, sp = (v.reshape(-1)[perm] for v in (*q, *p))
+        kl = gaussian_kl_bits(mq, sq, mp, sp)
+        side_from = len(writer.items) if side_from is None else side_from
+        c0, chunks, leaves = self._code_side(writer, dims, chunk_count(kl, self.bits_per_chunk, m, lmax),
+                                             overflow_rule(kl, m, lmax))
+        sent = SentStep(c0, chunks, leaves, [], kl_bits=float(kl.sum()))
+        index_from = len(writer.items)
+        a, b, c = log_weight_coefs(mq, sq, mp, sp)
+        octaves = self.octave_model(c0, chunks, self.bits_per_chunk, m, lmax)
+        x = np.empty(dims)
+        for ci, (start, size) in enumerate(leaves):
+            chunk = slice(start, start + size)
+            chunk_kl = float(kl[chunk].sum())
+            L = search_log2(chunk_kl, m, lmax)
+            index, z, log_weight = pfr_search(a[chunk], b[chunk], c[chunk], L, (seed, step, ci))
+            x[chunk] = mp[chunk] + sp[chunk] * z
+            sent.indices.append(self._code_index(writer, index, octaves))
+            sent.chunk_kl_bits.append(chunk_kl)
+            sent.log2_candidates.append(L)
+            sent.log_weights.append(log_weight)
+        self._code_check(writer, seed, step, dims)
+        sent.side_bits, sent.index_bits = writer.bits(side_from, index_from), writer.bits(index_from)
+        return _unpermute(x, perm, shape), sent
+
+    def decode(self, reader: Reader, p, seed: int, step: int):
+        shape, dims = p[0].shape, p[0].size
+        perm = permutation(dims, seed, step)
+        mp, sp = (v.reshape(-1)[perm] for v in p)
+        c0, chunks, leaves = self._code_side(reader, dims)
+        symbols = StepSymbols(c0, chunks, leaves, [])
+        octaves = self.octave_model(c0, chunks, self.bits_per_chunk, self.margin_bits, self.max_candidates_log2)
+        x = np.empty(dims)
+        for ci, (start, size) in enumerate(leaves):
+            index = self._code_index(reader, 0, octaves)
+            chunk = slice(start, start + size)
+            x[chunk] = mp[chunk] + sp[chunk] * regenerate(index, size, (seed, step, ci))
+            symbols.indices.append(index)
+        self._code_check(reader, seed, step, dims)
+        return _unpermute(x, perm, shape), symbols
+
+    # Each part below takes a Writer (which codes the symbols it is given) or a
+    # Reader (which ignores them and returns what it decodes).
+
+    def _code_side(self, io, dims: int, counts=(0, 0), rule=None) -> tuple:
+        """(c0, C, chunk leaves): c0, then C - c0, then the halving flags."""
+        c0 = self.count_code.code_c0(io, counts[0], dims)
+        if c0 > dims:
+            raise RCCError(f"step announces {c0} chunks for {dims} dimensions")
+        chunks = c0 + io.code(counts[1] - c0, self.count_code.extra_model(max_extra(c0, dims)))
+        return c0, chunks, code_layout(io, dims, chunks, rule, split_model=self.split_model)
+
+    @staticmethod
+    def _code_index(io, index: int, octaves: Model) -> int:
+        """A chunk's index: its octave, then the bits below its leading one."""
+        e, mantissa, _ = split_index(index)
+        e = io.code(e, octaves)
+        return join_index(e, io.code(mantissa, uniform(mantissa_size(e))))
+
+    def _code_check(self, io, seed: int, step: int, dims: int) -> None:
+        """Optional CRC (low check_bits bits) of everything coded so far and the context."""
+        if self.check_bits == 0:
+            return
+        context = (seed, step, dims, self.bits_per_chunk, self.margin_bits, self.max_candidates_log2)
+        data = repr(context).encode() + np.array([s for s, _ in io.items], dtype="<i8").tobytes()
+        want = zlib.crc32(data) & ((1 << self.check_bits) - 1)
+        if io.code(want, uniform(1 << self.check_bits)) != want:
+            raise RCCError("check bits differ: corrupted payload or other seed/step/parameters")
+
+
+def _unpermute(x: np.ndarray, perm: np.ndarray, shape) -> np.ndarray:
+    sample = np.empty(x.size)
+    sample[perm] = x
+    return sample.reshape(shape)
+
+
+# ---- one step per payload ----------------------------------------------------------
+
+def _checked_codec(bits_per_chunk, margin_bits, lmax, check_bits) -> GaussianStep:
     if int(check_bits) != check_bits or not 0 <= check_bits <= 16:
         raise ValueError("check_bits must be an integer in [0, 16]")
     if not (np.isfinite(bits_per_chunk) and bits_per_chunk > 0):
@@ -81,7 +238,7 @@ def _check_params(bits_per_chunk, margin_bits, lmax, check_bits):
         raise ValueError("margin_bits must be finite")
     if int(lmax) != lmax or not 0 <= lmax <= MAX_LOG2:
         raise ValueError(f"max_candidates_log2 must be an integer in [0, {MAX_LOG2}]")
-    return float(bits_per_chunk), float(margin_bits), int(lmax), int(check_bits)
+    return GaussianStep(float(bits_per_chunk), float(margin_bits), int(lmax), check_bits=int(check_bits))
 
 
 def _as_gaussian(mu, s, name):
@@ -92,35 +249,6 @@ def _as_gaussian(mu, s, name):
         raise ValueError(f"{name}: means must be finite and scales finite and > 0")
     return mu, s
 
-
-# ---- the payload, described once for both directions -----------------------
-# Each function takes a Writer (which codes the symbols it is given) or a
-# Reader (which ignores them and returns what it decodes).
-
-def _count_model(dims: int):
-    return categorical([2.0 ** (-0.5 * k) for k in range(dims.bit_length())])
-
-
-def _extra_model(n: int):
-    return categorical([float(n + 1)] + [1.0 / k for k in range(1, n + 1)])
-
-
-def _code_count(io, counts, dims: int) -> tuple:
-    """(c0, C): c0 by bit length (fixed prior) and the bits below its leading
-    one, then C - c0 (mostly 0)."""
-    c0, chunks = counts
-    bl = io.code(c0.bit_length() - 1, _count_model(dims)) + 1
-    if bl >= 2:
-        c0 = (1 << (bl - 1)) + io.code(c0 - (1 << (bl - 1)), uniform(1 << (bl - 1)))
-    else:
-        c0 = 1
-    if c0 > dims:
-        raise RCCError(f"payload announces {c0} chunks for {dims} dimensions")
-    extra = io.code(chunks - c0, _extra_model(max_extra(c0, dims)))
-    return c0, c0 + extra
-
-
-# ---- encoder ------------------------------------------------------------------
 
 def encode_gaussian(mu_q, s_q, mu_p, s_p, seed: int, step: int, bits_per_chunk: float = 16.0,
                     margin_bits: float = 2.0, max_candidates_log2: int = 20, check_bits: int = 0):
@@ -133,92 +261,47 @@ def encode_gaussian(mu_q, s_q, mu_p, s_p, seed: int, step: int, bits_per_chunk: 
     Returns (payload bytes, the sample the decoder will reproduce bit for bit,
     info dict). Arrays broadcast together; the sample has their shape."""
     t_start = time.perf_counter()
-    B, m, lmax, check_bits = _check_params(bits_per_chunk, margin_bits, max_candidates_log2,
-                                           check_bits)
+    codec = _checked_codec(bits_per_chunk, margin_bits, max_candidates_log2, check_bits)
     seed, step = check_key(seed, step)
     mu_q, s_q = _as_gaussian(mu_q, s_q, "q")
     mu_p, s_p = _as_gaussian(mu_p, s_p, "p")
     mu_q, s_q, mu_p, s_p = np.broadcast_arrays(mu_q, s_q, mu_p, s_p)
-    shape, dims = mu_q.shape, mu_q.size
-    perm = permutation(dims, seed, step)
-    mq, sq, mp, sp = (v.reshape(-1)[perm] for v in (mu_q, s_q, mu_p, s_p))
-    kl = gaussian_kl_bits(mq, sq, mp, sp)
-    c0, chunks = chunk_count(kl, B, m, lmax)
-
-    io = Writer()
-    _code_count(io, (c0, chunks), dims)
-    leaves = code_layout(io, dims, chunks, overflow_rule(kl, m, lmax))
-    n_side = len(io.items)
-    a, b, c = log_weight_coefs(mq, sq, mp, sp)
-    x = np.empty(dims)
-    res = {k: [] for k in ("kl", "L", "index", "log_ratio", "dims")}
-    for ci, (start, size) in enumerate(leaves):
-        sl = slice(start, start + size)
-        k_c = float(kl[sl].sum())
-        L = search_log2(k_c, m, lmax)
-        idx, z, lw = pfr_search(a[sl], b[sl], c[sl], L, (seed, step, ci))
-        x[sl] = mp[sl] + sp[sl] * z
-        for key, v in (("kl", k_c), ("L", L), ("index", idx), ("log_ratio", lw / np.log(2)),
-                       ("dims", size)):
-            res[key].append(v)
-    octaves = categorical(octave_prior(c0, chunks, B, m, lmax))
-    for i in res["index"]:
-        e, mant, size = split_index(i)
-        io.code(e, octaves)
-        io.code(mant, uniform(size))
-    _code_check(io, check_bits, (seed, step, dims, B, m, lmax))
-    payload = io.payload()
-    sample = np.empty(dims)
-    sample[perm] = x
-    side_bits, index_bits = io.bits(0, n_side), io.bits(n_side)
+    writer = Writer()
+    sample, sent = codec.encode(writer, (mu_q, s_q), (mu_p, s_p), seed, step)
+    payload = writer.payload()
+    log_ratio = np.array([w / np.log(2) for w in sent.log_weights])
     info = {
-        "kl_bits": float(kl.sum()),
+        "kl_bits": sent.kl_bits,
         "payload_bits": 8 * len(payload),          # everything sent
-        "side_bits": side_bits,                     # ideal length of C and split flags
-        "index_bits": index_bits,                   # ideal length of the chunk indices
-        "tail_bits": 8 * len(payload) - side_bits - index_bits,   # coder slack
-        "chunks": len(leaves),
-        "base_chunks": chunks,                      # before halving; ceil(KL/B) = c0
-        "c0": c0,
-        "kl_bits_per_chunk": np.array(res["kl"]),
-        "chunk_dims": np.array(res["dims"]),
-        "log2_candidates": np.array(res["L"]),
-        "indices": np.array(res["index"], dtype=np.int64),
-        "n_candidates": int(sum(1 << L for L in res["L"])),
-        "log_ratio_bits": float(np.sum(res["log_ratio"])),
-        "log_ratio_bits_per_chunk": np.array(res["log_ratio"]),
-        "capped_chunks": int(sum(k + m >= lmax + 0.5 for k in res["kl"])),  # margin < margin_bits
+        "side_bits": sent.side_bits,                # ideal length of C and split flags
+        "index_bits": sent.index_bits,              # ideal length of the chunk indices
+        "tail_bits": 8 * len(payload) - sent.side_bits - sent.index_bits,   # coder slack
+        "chunks": len(sent.leaves),
+        "base_chunks": sent.base_chunks,            # before halving; ceil(KL/B) = c0
+        "c0": sent.c0,
+        "kl_bits_per_chunk": np.array(sent.chunk_kl_bits),
+        "chunk_dims": np.array([size for _, size in sent.leaves]),
+        "log2_candidates": np.array(sent.log2_candidates),
+        "indices": np.array(sent.indices, dtype=np.int64),
+        "n_candidates": int(sent.n_candidates),
+        "log_ratio_bits": float(np.sum(log_ratio)),
+        "log_ratio_bits_per_chunk": log_ratio,
+        "capped_chunks": int(sum(k + codec.margin_bits >= codec.max_candidates_log2 + 0.5
+                                 for k in sent.chunk_kl_bits)),   # margin < margin_bits
         "encode_seconds": time.perf_counter() - t_start,
     }
-    return payload, sample.reshape(shape), info
+    return payload, sample, info
 
-
-# ---- decoder ------------------------------------------------------------------
 
 def decode_gaussian(payload: bytes, mu_p, s_p, seed: int, step: int, bits_per_chunk: float = 16.0,
                     margin_bits: float = 2.0, max_candidates_log2: int = 20,
                     check_bits: int = 0) -> np.ndarray:
     """Rebuild the encoder's sample from ``payload`` and p; RCCError if the
     payload does not decode exactly (truncated, corrupted, other parameters)."""
-    B, m, lmax, check_bits = _check_params(bits_per_chunk, margin_bits, max_candidates_log2,
-                                           check_bits)
+    codec = _checked_codec(bits_per_chunk, margin_bits, max_candidates_log2, check_bits)
     seed, step = check_key(seed, step)
     mu_p, s_p = _as_gaussian(mu_p, s_p, "p")
-    shape, dims = mu_p.shape, mu_p.size
-    perm = permutation(dims, seed, step)
-    mp, sp = mu_p.reshape(-1)[perm], s_p.reshape(-1)[perm]
-    io = Reader(payload)
-    c0, chunks = _code_count(io, (0, 0), dims)
-    leaves = code_layout(io, dims, chunks)
-    octaves = categorical(octave_prior(c0, chunks, B, m, lmax))
-    x = np.empty(dims)
-    for ci, (start, size) in enumerate(leaves):
-        e = io.code(0, octaves)
-        mant = io.code(0, uniform(mantissa_size(e)))
-        z = regenerate(join_index(e, mant), size, (seed, step, ci))
-        x[start:start + size] = mp[start:start + size] + sp[start:start + size] * z
-    _code_check(io, check_bits, (seed, step, dims, B, m, lmax))
-    io.finish()
-    sample = np.empty(dims)
-    sample[perm] = x
-    return sample.reshape(shape)
+    reader = Reader(payload)
+    sample, _ = codec.decode(reader, (mu_p, s_p), seed, step)
+    reader.finish()
+    return sample

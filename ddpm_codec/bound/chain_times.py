@@ -35,7 +35,7 @@ import math
 import numpy as np
 import torch
 
-from ddpm_codec.diffusion import process as D
+from ddpm_codec.diffusion import process
 from ddpm_codec.diffusion.likelihood import pixels_to_model
 from ddpm_codec.diffusion.model import DiffusionModel, x0_bins
 
@@ -59,14 +59,14 @@ def eps_error_table(model: DiffusionModel, pixels: torch.Tensor, grid: int = 100
         g = model.gamma(tt).to(x.dtype)
         for a in range(0, x.shape[0], batch):
             xb, eb = x[a:a + batch], eps[a:a + batch]
-            z = D.q_sample(xb, g, eb)
+            z = process.q_sample(xb, g, eb)
             e = model.eps(z, tt).to(eb.dtype)
             sq = ((eb - e) ** 2).double().flatten()
             if bins == 1:
                 m[j, 0] += float(sq.sum())
                 n[j, 0] += sq.numel()
                 continue
-            k = x0_bins(D.predict_x0(z.double(), e.double(), g.double()), bins).flatten()
+            k = x0_bins(process.predict_x0(z.double(), e.double(), g.double()), bins).flatten()
             m[j] += torch.bincount(k, sq, bins).numpy()
             n[j] += torch.bincount(k, minlength=bins).double().numpy()
         if progress:

@@ -1,4 +1,5 @@
-"""Training objectives: Monte Carlo estimates of the VLB, or L_simple.
+"""Training objectives: Monte Carlo estimates of the VLB, or L_simple (DDPM eq. 14,
+the loss of DDPM Algorithm 1, "Training").
 
 - Discrete schedules: -VLB = L_T + T * E_i[L_{i-1}] with i uniform on 1..T
   (i = 1 is the decoder term L_0, eq. 13); with an importance sampler the
@@ -17,7 +18,7 @@ import math
 
 import torch
 
-from ddpm_codec.diffusion import process as D
+from ddpm_codec.diffusion import process
 from ddpm_codec.diffusion.likelihood import discretized_gaussian_log_prob
 from ddpm_codec.diffusion.model import DiffusionModel
 
@@ -29,7 +30,7 @@ def _mean_dims(v):
 
 
 def _decoder_nll(x, z0, eps_hat, g0):
-    mean = D.predict_x0(z0, eps_hat, g0) if eps_hat is not None else z0 / torch.sigmoid(-g0).sqrt()
+    mean = process.predict_x0(z0, eps_hat, g0) if eps_hat is not None else z0 / torch.sigmoid(-g0).sqrt()
     log_scale = (0.5 * g0).expand_as(mean)
     return -_mean_dims(discretized_gaussian_log_prob(x, mean, log_scale))
 
@@ -41,18 +42,18 @@ def discrete_vlb(model: DiffusionModel, x, i, weight, eps, simple=False):
     t = i.to(torch.float64) / T
     g_t = sch.gamma(t).to(x.dtype).view(-1, 1, 1, 1)
     g_s = sch.gamma((i - 1).to(torch.float64) / T).to(x.dtype).view(-1, 1, 1, 1)
-    z_t = D.q_sample(x, g_t, eps)
+    z_t = process.q_sample(x, g_t, eps)
     eps_hat = model.eps(z_t, t)
     first = (i == 1)
     # KL with the model's variance choice; for the posterior variance this is
     # 0.5 * expm1(g_t - g_s) |eps - eps_hat|^2 (checked in tests).
     g_s_safe = torch.where(first.view(-1, 1, 1, 1), g_t - 1.0, g_s)
-    m_q, v_q = D.posterior(z_t, x, g_s_safe, g_t)
+    m_q, v_q = process.posterior(z_t, x, g_s_safe, g_t)
     m_p, v_p = model.reverse(z_t, eps_hat, g_s_safe, g_t)
-    kl = _mean_dims(D.gaussian_kl(m_q, v_q, m_p, v_p))
+    kl = _mean_dims(process.gaussian_kl(m_q, v_q, m_p, v_p))
     dec = _decoder_nll(x, z_t, eps_hat, g_t)
     term = torch.where(first, dec, kl)
-    prior = _mean_dims(D.prior_kl(x, sch.gamma(torch.tensor(1.0, dtype=torch.float64)).to(x.dtype)))
+    prior = _mean_dims(process.prior_kl(x, sch.gamma(torch.tensor(1.0, dtype=torch.float64)).to(x.dtype)))
     vlb = (prior + T * weight * term) / LOG2
     if simple:
         surrogate = ((eps - eps_hat) ** 2).flatten(1).mean(1)
@@ -67,15 +68,15 @@ def continuous_vlb(model: DiffusionModel, x, t, weight, eps, eps0, simple=False)
     g_t = sch.gamma(t)
     (dg,) = torch.autograd.grad(g_t.sum(), t, create_graph=True)
     g_t = g_t.view(-1, 1, 1, 1)
-    z_t = D.q_sample(x, g_t, eps)
+    z_t = process.q_sample(x, g_t, eps)
     eps_hat = model.eps(z_t, t.detach())
     mse = ((eps - eps_hat) ** 2).flatten(1).mean(1)
     diffusion = 0.5 * dg * mse * weight
     g0 = sch.gamma(torch.zeros(1, device=x.device)).view(1, 1, 1, 1)
     g1 = sch.gamma(torch.ones(1, device=x.device)).view(1, 1, 1, 1)
-    z0 = D.q_sample(x, g0, eps0)
+    z0 = process.q_sample(x, g0, eps0)
     dec = _decoder_nll(x, z0, None, g0)
-    prior = _mean_dims(D.prior_kl(x, g1))
+    prior = _mean_dims(process.prior_kl(x, g1))
     vlb = (prior + diffusion + dec) / LOG2
     if simple:
         return vlb.detach(), mse + (prior + dec) / LOG2, t.detach(), diffusion.detach() / LOG2

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ddpm_codec.diffusion import process as D
+from ddpm_codec.diffusion import process
 from ddpm_codec.diffusion.likelihood import discretized_gaussian_log_prob, pixels_to_model
 from ddpm_codec.diffusion.model import DiffusionModel
 
@@ -67,18 +67,18 @@ def chain_terms(model: DiffusionModel, pixels: torch.Tensor, times: torch.Tensor
     n = x.shape[0]
     times = times.to(F64)
     gam = model.gamma(times)
-    prior = _per_image(D.prior_kl(x, gam[-1])) / LOG2
+    prior = _per_image(process.prior_kl(x, gam[-1])) / LOG2
     diff = torch.zeros(n, times.numel() - 1, dtype=F64)
     for k in range(1, times.numel()):
         g_s, g_t = gam[k - 1], gam[k]
         eps = noise[k] if noise is not None else torch.randn(x.shape, generator=generator, dtype=F64)
-        z_t = D.q_sample(x, g_t, eps)
+        z_t = process.q_sample(x, g_t, eps)
         eps_hat = model.eps(z_t, times[k]).to(F64)
-        m_q, v_q = D.posterior(z_t, x, g_s, g_t)
+        m_q, v_q = process.posterior(z_t, x, g_s, g_t)
         m_p, v_p = model.reverse(z_t, eps_hat, g_s, g_t)
-        diff[:, k - 1] = _per_image(D.gaussian_kl(m_q, v_q, m_p, v_p)) / LOG2
+        diff[:, k - 1] = _per_image(process.gaussian_kl(m_q, v_q, m_p, v_p)) / LOG2
     eps = noise[0] if noise is not None else torch.randn(x.shape, generator=generator, dtype=F64)
-    z0 = D.q_sample(x, gam[0], eps)
+    z0 = process.q_sample(x, gam[0], eps)
     mean, log_scale = model.decoder_params(z0, times[0])
     dec = -_per_image(discretized_gaussian_log_prob(x, mean, log_scale)) / LOG2
     return VLBTerms(times, prior, diff, dec, int(x[0].numel()))
@@ -111,19 +111,19 @@ def sampled_chain_terms(model: DiffusionModel, pixels: torch.Tensor, times: torc
             picks[i, j] = s[int(torch.randint(s.numel(), (1,), generator=g))]
         noise[:, i] = torch.randn((len(strata) + 1, *x.shape[1:]), generator=g, dtype=F64)
     noise = noise.to(x.device)
-    prior = _per_image(D.prior_kl(x.cpu(), gam[-1])) / LOG2
+    prior = _per_image(process.prior_kl(x.cpu(), gam[-1])) / LOG2
     diff = torch.zeros(n, K, dtype=F64)
     view = (n,) + (1,) * (x.dim() - 1)
     rows = torch.arange(n)
     for j, s in enumerate(strata):
         k = picks[:, j] + 1                       # transition t_k -> t_{k-1}
         g_s, g_t = gam[k - 1].view(view).to(x.device), gam[k].view(view).to(x.device)
-        z_t = D.q_sample(x, g_t, noise[j + 1])
+        z_t = process.q_sample(x, g_t, noise[j + 1])
         eps_hat = model.eps(z_t, times[k]).to(F64)
-        m_q, v_q = D.posterior(z_t, x, g_s, g_t)
+        m_q, v_q = process.posterior(z_t, x, g_s, g_t)
         m_p, v_p = model.reverse(z_t, eps_hat, g_s, g_t)
-        diff[rows, k - 1] = s.numel() * _per_image(D.gaussian_kl(m_q, v_q, m_p, v_p)).cpu() / LOG2
-    z0 = D.q_sample(x, gam[0].to(x.device), noise[0])
+        diff[rows, k - 1] = s.numel() * _per_image(process.gaussian_kl(m_q, v_q, m_p, v_p)).cpu() / LOG2
+    z0 = process.q_sample(x, gam[0].to(x.device), noise[0])
     mean, log_scale = model.decoder_params(z0, times[0])
     dec = -_per_image(discretized_gaussian_log_prob(x, mean, log_scale)).cpu() / LOG2
     return VLBTerms(times, prior, diff, dec, int(x[0].numel()))

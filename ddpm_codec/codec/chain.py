@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ddpm_codec.diffusion import process as D
+from ddpm_codec.diffusion import process
 from ddpm_codec.diffusion.model import DiffusionModel
 
 F64 = torch.float64
@@ -47,7 +47,7 @@ class DiffusionChain:
     def _q_std(self, k):
         if k == 1:
             return float(torch.sigmoid(self.gam[0]).sqrt())
-        return float(D.transition(self.gam[k - 2], self.gam[k - 1])[1].sqrt())
+        return float(process.transition(self.gam[k - 2], self.gam[k - 1])[1].sqrt())
 
     def _p_var(self, k):
         if k == self.num_latents:
@@ -74,9 +74,9 @@ class DiffusionChain:
     def posterior(self, k, z_prev):
         z_prev = torch.from_numpy(np.asarray(z_prev, np.float64))
         if k == 1:
-            a, s = D.alpha_sigma(self.gam[0])
+            a, s = process.alpha_sigma(self.gam[0])
             return (a * z_prev).numpy(), np.broadcast_to(s.numpy(), z_prev.shape)
-        a, var = D.transition(self.gam[k - 2], self.gam[k - 1])
+        a, var = process.transition(self.gam[k - 2], self.gam[k - 1])
         return (a * z_prev).numpy(), np.broadcast_to(var.sqrt().numpy(), z_prev.shape)
 
     def prior(self, k, z_next):
@@ -89,14 +89,14 @@ class DiffusionChain:
 
     def likelihood(self, z1):
         eps = self._net(z1, self.times[0])
-        mean, log_scale = D.decoder_params(torch.from_numpy(np.asarray(z1, np.float64)), eps, self.gam[0])
+        mean, log_scale = process.decoder_params(torch.from_numpy(np.asarray(z1, np.float64)), eps, self.gam[0])
         return mean.numpy(), torch.exp(log_scale).numpy()
 
     def topdown_posterior(self, k, z_next, x):
         x = torch.from_numpy(np.asarray(x, np.float64))
         if k == self.num_latents:
-            a, s = D.alpha_sigma(self.gam[-1])
+            a, s = process.alpha_sigma(self.gam[-1])
             return (a * x).numpy(), np.broadcast_to(s.numpy(), x.shape)
         z = torch.from_numpy(np.asarray(z_next, np.float64))
-        mean, var = D.posterior(z, x, self.gam[k - 1], self.gam[k])
+        mean, var = process.posterior(z, x, self.gam[k - 1], self.gam[k])
         return mean.numpy(), var.sqrt().expand_as(mean).numpy()

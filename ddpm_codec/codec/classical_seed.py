@@ -20,8 +20,7 @@ import io
 import numpy as np
 from PIL import Image as PILImage
 
-from ddpm_codec.format import container as C
-from ddpm_codec.format import varint
+from ddpm_codec.format import container, varint
 
 SEED_CODECS = ("png", "webp", "vp8l")     # the header stores the index
 PICK_AMONG = 16
@@ -37,9 +36,9 @@ def pick_first_seed(units, order) -> int:
     classical code's excess over the model."""
     if len(order) < 2:
         return 0
-    shape = units[order[0]][2].shape
-    cands = [j for j in range(min(PICK_AMONG, len(order))) if units[order[j]][2].shape == shape]
-    sizes = [len(classical_best(units[order[j]][2])[1]) for j in cands]
+    shape = units[order[0]].pixels.shape
+    cands = [j for j in range(min(PICK_AMONG, len(order))) if units[order[j]].pixels.shape == shape]
+    sizes = [len(classical_best(units[order[j]].pixels)[1]) for j in cands]
     return cands[int(np.argmax(sizes))]
 
 
@@ -88,11 +87,11 @@ def unseed(words: np.ndarray, count: int) -> list[bytes]:
     for _ in range(count):
         n, pos = varint.decode(buf, pos)
         if n is None or pos + n > len(buf):
-            raise C.StreamError("corrupt stream: the seed data does not parse")
+            raise container.StreamError("corrupt stream: the seed data does not parse")
         out.append(buf[pos:pos + n])
         pos += n
     if any(buf[pos:]):
-        raise C.StreamError("corrupt stream: stray bytes after the seed data")
+        raise container.StreamError("corrupt stream: stray bytes after the seed data")
     return out
 
 
@@ -105,12 +104,12 @@ def decode_unit(codec: str, code: bytes, unit: np.ndarray) -> None:
     try:
         with PILImage.open(io.BytesIO(code)) as probe:
             if probe.size != (unit.shape[2], unit.shape[1]):
-                raise C.StreamError("corrupt stream: a seed image has the wrong size")
+                raise container.StreamError("corrupt stream: a seed image has the wrong size")
         px = classical.decode(codec, code, unit.shape[0])
-    except C.StreamError:
+    except container.StreamError:
         raise
     except Exception:  # noqa: BLE001 - any failure of a third-party decoder on damaged data
-        raise C.StreamError("corrupt stream: a seed image does not decode")
+        raise container.StreamError("corrupt stream: a seed image does not decode")
     if px.shape != (unit.shape[1], unit.shape[2], unit.shape[0]):
-        raise C.StreamError("corrupt stream: a seed image has the wrong size")
+        raise container.StreamError("corrupt stream: a seed image has the wrong size")
     unit[...] = px.transpose(2, 0, 1)

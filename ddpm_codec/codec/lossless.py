@@ -38,8 +38,7 @@ from bitsback.ans.initial import seeded_words
 from bitsback.ans.message import Message
 from bitsback.chains import bitswap
 from bitsback.errors import BitsBackError, InsufficientInitialBits
-from ddpm_codec.codec import classical_seed as S
-from ddpm_codec.codec import lossless_groups as LG
+from ddpm_codec.codec import classical_seed, estimate, pixel_group_codec
 from ddpm_codec.codec.chain import DEFAULT_GRID, DiffusionChain
 from ddpm_codec.codec.lossless_plan import (
     COARSE_GRIDS,
@@ -63,11 +62,10 @@ from ddpm_codec.codec.units import (
     place_unit,
 )
 from ddpm_codec.codec.units import coding_order as _coding_order
-from ddpm_codec.codec.units import pick_first as _pick_first
 from ddpm_codec.codec.units import times_hash as _times_hash
 from ddpm_codec.codec.units import to_units as _units
 from ddpm_codec.diffusion.model import DiffusionModel
-from ddpm_codec.format import container as C
+from ddpm_codec.format import container
 from ddpm_codec.format.compact import is_uint
 
 CODEC = "bitswap"
@@ -80,7 +78,7 @@ WORK_PER_GROUP = 1024
 # Header fields left out when they hold these values (most streams; ~30 bytes, 0.1% of
 # a 100-image stream). Changing a value here changes the format: bump container.VERSION.
 # The encryption flag lives in the container's flags.
-HEADER_DEFAULTS = {"codec": CODEC, "seed_mode": "classical", "seed_codecs": [], "seed_pick": 0,
+HEADER_DEFAULTS = {"codec": CODEC, "seed_mode": "classical", "seed_codecs": [], "seed_pick": 0, "classical_units": [],
                    "seed_words_omitted": 0, "topups": [], "coarse": [], "groups": [],
                    "grid_fraction": DEFAULT_GRID, "tile": 0}
 
@@ -141,6 +139,9 @@ MIN_GRID, MAX_GRID = 0.05, 2.0   # main grid fractions the encoder accepts
 
 GROUP_STEPS = 100     # T_eval a pixel-group stream leaves out of its header (the default model's)
 TILE_CHOICES = ("auto", "always", "never")
+# Store a unit classically when its classical code is smaller than its estimated
+# chain code (`estimate.classical_units`)
+CHOOSE_CLASSICAL = False
 # "auto": a stream with this many whole-plane units or more keeps whole planes; a
 # smaller one (one image, say) tries every layout below and keeps the smallest stream.
 # Why: a stream of a few units pays a whole unit's classical seed (~1 bit/dim over the
@@ -174,6 +175,29 @@ def tile_options(images: list[ImageRecord], model: DiffusionModel, tiles: str = 
     return [side, *larger, *([0] if whole_ok else [])]
 
 
+def trials(images, model, tiles="auto", seed_mode="classical", groups_model=None) -> list[tuple[int, str]]:
+    """The whole encodes `encode` makes, as (tile side, kind): kind "classical" or
+    "random" (the seed of a unit chain) or "pixel_groups"; the smallest is kept.
+    A stream of one unit tries its classical seed, and pixel groups where the
+    companion supports the unit, else a PRNG-seeded chain (rarely smaller)."""
+    out = []
+    for tile in tile_options(images, model, tiles):
+        if seed_mode == "classical" and count_units(images, model.channels, tile) == 1:
+            shape = _units(images, model.channels, model.unet.multiple, tile)[0].pixels.shape
+            groups_ok = groups_model is not None and pixel_group_codec.supports(groups_model[0], shape)
+            out += [(tile, "classical"), (tile, "pixel_groups" if groups_ok else "random")]
+        else:
+            out.append((tile, seed_mode))
+    return out
+
+
+def work(images, model, tiles="auto", seed_mode="classical", groups_model=None) -> int:
+    """Pixels the encoder will code over all its trials (a progress bar's total:
+    `encode` reports its progress in these units)."""
+    return sum(sum(u.pixels.size for u in _units(images, model.channels, model.unet.multiple, tile))
+               for tile, _ in trials(images, model, tiles, seed_mode, groups_model))
+
+
 def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, steps: int = 100,
            grid_fraction: float = DEFAULT_GRID, encrypt: bool = True, max_group: int = 64,
            progress=None, seed_mode: str = "classical", tiles: str = "auto",
@@ -188,25 +212,20 @@ def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, s
     training size (`tile_options`; "auto" keeps the smaller stream).
     groups_model: (conditional net, fingerprint) of the model's pixel-group
     companion, or None; a stream of one unit of its size is then also tried as
-    pixel groups (`ddpm_codec.codec.lossless_groups`) and the smallest stream kept."""
+    pixel groups (`ddpm_codec.codec.pixel_group_codec`) and the smallest stream kept."""
     if seed_mode not in ("classical", "random"):
         raise ValueError("seed_mode must be 'classical' or 'random'")
     if not MIN_GRID <= float(grid_fraction) <= MAX_GRID:
-        raise C.CodecError(f"grid fraction {grid_fraction} is outside {MIN_GRID}..{MAX_GRID:g} "
+        raise container.CodecError(f"grid fraction {grid_fraction} is outside {MIN_GRID}..{MAX_GRID:g} "
                            "(bin width / noise scale)")
     tried = []
-    for tile in tile_options(images, model, tiles):
-        args = (images, model, fingerprint, steps, float(grid_fraction), encrypt, max_group, tile)
-        if seed_mode == "classical" and count_units(images, model.channels, tile) == 1:
-            tried.append(_Encoder(*args, progress, "classical").run())
-            if groups_model is not None and \
-                    LG.supports(groups_model[0], _units(images, model.channels, model.unet.multiple, tile)[0][2].shape):
-                tried.append(_encode_pixel_groups(images, *groups_model, steps, float(grid_fraction), encrypt, tile))
-            else:     # a PRNG-seeded chain: dead weight, rarely smaller, but pixel groups always are
-                tried.append(_Encoder(*args, None, "random").run())
+    for tile, kind in trials(images, model, tiles, seed_mode, groups_model):
+        if kind == "pixel_groups":
+            tried.append(_encode_pixel_groups(images, *groups_model, steps, float(grid_fraction), encrypt, tile,
+                                              progress))
         else:
-            tried.append(_Encoder(*args, progress, seed_mode).run())
-        progress = None                  # the bar follows the first option only
+            tried.append(_Encoder(images, model, fingerprint, steps, float(grid_fraction), encrypt, max_group, tile,
+                                  progress, kind).run())
     keep = min(tried, key=lambda r: len(r[0]))
     keep[1].rejected_bytes = min((len(d) for d, _ in tried if d is not keep[0]), default=0)
     return keep
@@ -222,7 +241,7 @@ class _Encoder:
     def __init__(self, images, model, fingerprint, steps, grid_fraction, encrypt, max_group, tile, progress,
                  seed_mode):
         if not images:
-            raise C.CodecError("nothing to compress: no images given")
+            raise container.CodecError("nothing to compress: no images given")
         self.images, self.model, self.fingerprint = images, model, fingerprint
         self.steps, self.grid, self.encrypt, self.max_group = steps, grid_fraction, encrypt, max_group
         self.progress, self.seed_mode = progress, SeedMode(seed_mode)
@@ -243,7 +262,24 @@ class _Encoder:
 
     def _plan(self, steps, seed_words=0) -> Plan:
         return Plan(self.seed_mode, self.pick, tuple(c for c, _ in self.seed_codes), seed_words, self.grid,
-                    tuple(steps))
+                    tuple(steps), self.classical)
+
+    def _start(self):
+        """The units stored classically by choice (`estimate.classical_units`:
+        only where the stream has others to fund), the coding order, and the
+        message their codes start."""
+        chosen = {}
+        if CHOOSE_CLASSICAL and self.seed_mode is SeedMode.CLASSICAL and len(self.units) > 1:
+            chosen = estimate.classical_units(self.units, self.model, self.times, self.seed)
+        self.classical = tuple(sorted(chosen))
+        self.seed_codes = [chosen[i] for i in self.classical]
+        rest = [i for i in _coding_order(self.units) if i not in chosen]
+        self.pick = classical_seed.pick_first_seed(self.units, rest) if self.seed_mode is SeedMode.CLASSICAL else 0
+        self.order = self._plan([]).order(self.units)
+        if not self.seed_codes:
+            return Message.empty()
+        self._tick(sum(self.units[i].pixels.size for i in self.classical))
+        return seed_codec(self._plan([]), self.seed).push(Message.empty(), [c for _, c in self.seed_codes])
 
     def _push(self, steps, msg, x):
         """Push the last step of `steps` with its plan codec: (message, Stats)."""
@@ -285,19 +321,17 @@ class _Encoder:
             return max(1, min(self.max_group, run, int(msg.num_bits() / need_per_unit)))
         return 1
 
-    def _add_seed_unit(self, code):
+    def _add_seed_unit(self, code, pixels):
         self.seed_codes.append(code)
-        self._tick(1)
+        self._tick(pixels)
         return seed_codec(self._plan([]), self.seed).push(Message.empty(), [c for _, c in self.seed_codes])
 
     def search(self):
         """(plan, final message, stats per step) by trial and error."""
-        self.pick = S.pick_first_seed(self.units, _coding_order(self.units)) \
-            if self.seed_mode is SeedMode.CLASSICAL else 0
-        self.order = _pick_first(_coding_order(self.units), self.pick)
-        self.seed_codes, self.topup_bits = [], 0
-        steps, stats, msg = [], [], Message.empty()
-        seed_words, gi, need_per_unit, pos = 0, 0, None, 0
+        self.topup_bits = 0
+        msg = self._start()
+        steps, stats = [], []
+        seed_words, gi, need_per_unit, pos = 0, 0, None, len(self.classical)
         while pos < len(self.order):
             size = self._group_size(pos, msg, gi, need_per_unit)
             first, step = not steps, Step(pos, size, self.grids[gi])
@@ -322,10 +356,10 @@ class _Encoder:
                 if first:
                     # the stack cannot fund the first chain group yet: PRNG words for the
                     # shortfall if they cost clearly less than one more classical unit's excess
-                    code = S.classical_best(x[0])
+                    code = classical_seed.classical_best(x[0])
                     tried = self._topped_up(steps, step, msg, x, short.needed_bits, SEED_EXCESS_SHARE * 8 * len(code[1]))
                     if tried is None:
-                        msg, pos, gi = self._add_seed_unit(code), pos + 1, 0
+                        msg, pos, gi = self._add_seed_unit(code, x.size), pos + 1, 0
                         continue
                 # a unit larger than the stack funds even on the coarsest grid (rare:
                 # sizes descend), or a first group a little short: top the stack up
@@ -342,7 +376,7 @@ class _Encoder:
             stats.append(st)
             pos += size
             gi = 0
-            self._tick(size)
+            self._tick(x.size)
         return self._plan(steps, seed_words), msg, stats
 
     def run(self) -> tuple[bytes, EncodeReport]:
@@ -357,7 +391,8 @@ class _Encoder:
                 n_common += 1
         payload = words[n_common:].astype("<u4").tobytes()
         p = plan.header_fields()
-        header = {"codec": CODEC, **{k: p[k] for k in ("seed_mode", "seed_codecs", "seed_pick", "groups")},
+        header = {"codec": CODEC,
+                  **{k: p[k] for k in ("seed_mode", "seed_codecs", "seed_pick", "groups", "classical_units")},
                   "images": [[im.name, im.mode, *map(int, im.pixels.shape)] for im in self.images],
                   "pixels_sha256": self.checksum, "tile": self.tile}
         if plan.steps:      # what the chain's decoder needs (a classical-only stream has no chain)
@@ -368,7 +403,7 @@ class _Encoder:
             if plan.seed_mode is SeedMode.RANDOM:      # a classical seed's length is what the chain leaves
                 header["seed_words"] = p["seed_words"]
         header = {k: v for k, v in header.items() if k not in HEADER_DEFAULTS or v != HEADER_DEFAULTS[k]}
-        data = C.pack(C.Container("lossless", self.fingerprint, header, payload, self.encrypt))
+        data = container.pack(container.Container("lossless", self.fingerprint, header, payload, self.encrypt))
         rep = self._report(plan, msg, stats, n_common)
         rep.file_bytes = len(data)
         rep.total_s = time.perf_counter() - t_start
@@ -382,7 +417,7 @@ class _Encoder:
         rep.seed_bits_consumed = 32 * (plan.seed_words - n_common) if random_seed else 0
         rep.seed_units = m
         rep.seed_images = sorted({units[order[n]].image for n in range(m)})
-        rep.seed_bits = 32 * int(S.seed_words([c for _, c in self.seed_codes]).size)
+        rep.seed_bits = 32 * int(classical_seed.seed_words([c for _, c in self.seed_codes]).size)
         rep.topup_bits = self.topup_bits
         rep.net_bits = msg.num_bits() - (32 * plan.seed_words if random_seed else rep.seed_bits) - rep.topup_bits
         rep.chain_dims = int(sum(units[order[n]].pixels.size for n in range(m, len(order))))
@@ -411,9 +446,9 @@ def _torch_threads(n: int | None):
 
 def _checked_checksum(h: dict) -> str:
     """The header's pixel checksum: 16 lowercase hex digits (also the stream seed)."""
-    checksum = C.field(h, "pixels_sha256", str)
+    checksum = container.field(h, "pixels_sha256", str)
     if len(checksum) != 16 or any(ch not in "0123456789abcdef" for ch in checksum):
-        raise C.StreamError("corrupt stream: bad pixel checksum")
+        raise container.StreamError("corrupt stream: bad pixel checksum")
     return checksum
 
 
@@ -423,7 +458,7 @@ def torch_digest() -> str:
     return hashlib.sha256(torch.__version__.encode()).hexdigest()[:4]
 
 
-def _encode_pixel_groups(images, gmodel, gfp, steps, grid, encrypt, tile) -> tuple[bytes, EncodeReport]:
+def _encode_pixel_groups(images, gmodel, gfp, steps, grid, encrypt, tile, progress=None) -> tuple[bytes, EncodeReport]:
     """One unit as pixel groups, each given those decoded before it; the
     stream records the conditional net's fingerprint, and its header only what
     the decoder needs (every byte is 0.01 bits/dim of a 28 x 28 image)."""
@@ -433,22 +468,22 @@ def _encode_pixel_groups(images, gmodel, gfp, steps, grid, encrypt, tile) -> tup
     seed = _stream_seed(checksum)
     times = gmodel.schedule.chain(steps)
     with _torch_threads(1):    # always one thread: batch-1 calls gain little from more, and the header need not say
-        res = LG.encode(unit.pixels, gmodel, times, grid, seed, encrypt)
+        res = pixel_group_codec.encode(unit.pixels, gmodel, times, grid, seed, encrypt, progress)
     header = {
-        "pixel_groups": LG.group_codes(res, LG.count(unit.pixels.shape), LG.COARSE_GRIDS),
+        "pixel_groups": pixel_group_codec.group_codes(res, pixel_group_codec.count(unit.pixels.shape), pixel_group_codec.COARSE_GRIDS),
         "images": [[im.name, im.mode, *map(int, im.pixels.shape)] for im in images],
         "pixels_sha256": checksum, "tile": tile, "steps": int(steps), "grid_fraction": grid,
         "determinism": torch_digest()}
     header = {k: v for k, v in header.items() if (k not in HEADER_DEFAULTS or v != HEADER_DEFAULTS[k])
               and not (k == "steps" and v == GROUP_STEPS)}
-    data = C.pack(C.Container("lossless", gfp, header, res.words.astype("<u4").tobytes(), encrypt))
+    data = container.pack(container.Container("lossless", gfp, header, res.words.astype("<u4").tobytes(), encrypt))
     rep = EncodeReport(file_bytes=len(data), dims=int(sum(im.pixels.size for im in images)), tile=tile, units=1)
     rep.seed_bits = res.direct_bits           # the groups coded directly (the first one at least)
     rep.net_bits = 32 * int(res.words.size)
     rep.chain_dims = int(unit.pixels.size)
     rep.ideal_net_bits = res.ideal_net_bits
     rep.ideal_bits_by_image = {unit.image: rep.ideal_net_bits}
-    rep.pixel_groups = LG.count(unit.pixels.shape)
+    rep.pixel_groups = pixel_group_codec.count(unit.pixels.shape)
     rep.coarse = res.coarse
     rep.network_s = res.network_s
     rep.total_s = time.perf_counter() - t_start
@@ -456,52 +491,50 @@ def _encode_pixel_groups(images, gmodel, gfp, steps, grid, encrypt, tile) -> tup
 
 
 def _decode_pixel_groups(c, h, gmodel, progress) -> list[ImageRecord]:
-    F = C.field
+    F = container.field
     tile = F(h, "tile", int, 0, 1 << 16)
     check_image_list(h, len(c.payload), MAX_TILED_PIXELS if tile else MAX_UNIT_PIXELS)
     checksum = _checked_checksum(h)
     if F(h, "groups", list) or F(h, "seed_codecs", list):
-        raise C.StreamError("corrupt stream: pixel groups with unit groups or a classical seed")
+        raise container.StreamError("corrupt stream: pixel groups with unit groups or a classical seed")
     if len(c.payload) % 4:
-        raise C.StreamError("corrupt stream: payload is not whole words")
+        raise container.StreamError("corrupt stream: payload is not whole words")
     steps = F({"steps": GROUP_STEPS, **h}, "steps", int, 1, 100000)
     grid = F(h, "grid_fraction", float, HEADER_MIN_GRID, HEADER_MAX_GRID)
-    images = [ImageRecord(np.zeros((hh, ww, cc), np.uint8), name, mode) for name, mode, hh, ww, cc in h["images"]]
+    images = [ImageRecord(pixels=np.zeros((hh, ww, cc), np.uint8), name=name, mode=mode) for name, mode, hh, ww, cc in h["images"]]
     try:
         units = _units(images, gmodel.channels, gmodel.unet.multiple, tile)
-    except C.CodecError as e:
-        raise C.StreamError(f"corrupt stream: {e}")
-    if len(units) != 1 or not LG.supports(gmodel, units[0].pixels.shape):
-        raise C.StreamError("corrupt stream: pixel groups do not match the image")
+    except container.CodecError as e:
+        raise container.StreamError(f"corrupt stream: {e}")
+    if len(units) != 1 or not pixel_group_codec.supports(gmodel, units[0].pixels.shape):
+        raise container.StreamError("corrupt stream: pixel groups do not match the image")
     try:
-        coarse, direct = LG.read_group_codes(F(h, "pixel_groups", str), LG.count(units[0].pixels.shape),
-                                             LG.COARSE_GRIDS)
+        coarse, direct = pixel_group_codec.read_group_codes(F(h, "pixel_groups", str), pixel_group_codec.count(units[0].pixels.shape),
+                                             pixel_group_codec.COARSE_GRIDS)
     except ValueError as e:
-        raise C.StreamError(f"corrupt stream: {e}")
-    work = steps * LG.count(units[0].pixels.shape) * (units[0].pixels.size + WORK_PER_GROUP)
+        raise container.StreamError(f"corrupt stream: {e}")
+    work = steps * pixel_group_codec.count(units[0].pixels.shape) * (units[0].pixels.size + WORK_PER_GROUP)
     if work > max(MIN_WORK, WORK_PER_PAYLOAD_BIT * 8 * len(c.payload)):
-        raise C.StreamError("corrupt stream: the header asks for more decoding work than its payload justifies")
+        raise container.StreamError("corrupt stream: the header asks for more decoding work than its payload justifies")
     try:
         times = gmodel.schedule.chain(steps)
     except ValueError as e:
-        raise C.StreamError(f"corrupt stream: its chain does not fit this model ({e})")
+        raise container.StreamError(f"corrupt stream: its chain does not fit this model ({e})")
     seed = _stream_seed(checksum)
     words = np.frombuffer(c.payload, dtype="<u4").astype(np.uint32)
     try:
         with _torch_threads(1):
-            px, left = LG.decode(words, gmodel, times, grid, seed, c.encrypted, units[0].pixels.shape, coarse,
-                                 direct)
+            px, left = pixel_group_codec.decode(words, gmodel, times, grid, seed, c.encrypted,
+                                                units[0].pixels.shape, coarse, direct, progress)
     except (BitsBackError, ValueError, ArithmeticError) as e:
-        raise C.StreamError(f"decoding failed ({type(e).__name__}): the stream is damaged or was made "
+        raise container.StreamError(f"decoding failed ({type(e).__name__}): the stream is damaged or was made "
                             f"under different conditionals (see the determinism contract)")
     if left.size:
-        raise C.StreamError("decoding failed: bits are left over (damaged stream or conditionals that "
+        raise container.StreamError("decoding failed: bits are left over (damaged stream or conditionals that "
                             "differ from the encoder's)")
     place_unit(images[units[0].image], units[0], px)
     if pixel_checksum(images) != checksum:
-        raise C.StreamError("decoded pixels fail the checksum (damaged stream or different conditionals)")
-    if progress:
-        progress(1)
+        raise container.StreamError("decoded pixels fail the checksum (damaged stream or different conditionals)")
     return images
 
 
@@ -509,9 +542,9 @@ def _decode_pixel_groups(c, h, gmodel, progress) -> list[ImageRecord]:
 def _check_header(h: dict, payload_bytes: int) -> Plan:
     """The plan, and the types and bounds of every framing field; a stream
     without chain groups (the classical seed alone) carries no chain fields."""
-    F = C.field
+    F = container.field
     if F(h, "codec", str) != CODEC:
-        raise C.StreamError(f"unknown lossless codec {h.get('codec')!r}")
+        raise container.StreamError(f"unknown lossless codec {h.get('codec')!r}")
     tile = F(h, "tile", int, 0, 1 << 16)
     imgs = check_image_list(h, payload_bytes, MAX_TILED_PIXELS if tile else MAX_UNIT_PIXELS)
     _checked_checksum(h)
@@ -529,20 +562,34 @@ def _chain_times(model, h, plan):
     try:
         times = model.schedule.chain(h["steps"])
     except ValueError as e:
-        raise C.StreamError(f"corrupt stream: its chain does not fit this model ({e})")
+        raise container.StreamError(f"corrupt stream: its chain does not fit this model ({e})")
     if _times_hash(times) != h.get("times_sha"):
-        raise C.ModelMismatch("stream's chain times differ from this model's chain")
+        raise container.ModelMismatch("stream's chain times differ from this model's chain")
     return times
 
 
 def _stream_message(c, h, plan, seed) -> Message:
     """The ANS message of the payload, with the PRNG seed words it left out."""
     if len(c.payload) % 4:
-        raise C.StreamError("corrupt stream: payload is not whole words")
+        raise container.StreamError("corrupt stream: payload is not whole words")
     words = np.frombuffer(c.payload, dtype="<u4").astype(np.uint32)
     if plan.seed_mode is SeedMode.RANDOM:
         words = np.concatenate([seeded_words(seed, h["seed_words_omitted"]), words])
     return Message.from_words(words)
+
+
+def decode_work(data: bytes, model: DiffusionModel) -> int:
+    """Pixels `decode` reports to its progress callback (its units, padded);
+    0 for a stream whose header does not say."""
+    c = container.parse(data)
+    h = {**HEADER_DEFAULTS, **c.header}
+    try:
+        images = [ImageRecord(pixels=np.zeros((hh, ww, cc), np.uint8), name=name, mode=mode)
+                  for name, mode, hh, ww, cc in check_image_list(h, len(c.payload), MAX_TILED_PIXELS)]
+        channels = 1 if "pixel_groups" in c.header else model.channels
+        return sum(u.pixels.size for u in _units(images, channels, model.unet.multiple, h["tile"]))
+    except (container.CodecError, TypeError, ValueError):
+        return 0
 
 
 def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None,
@@ -551,52 +598,53 @@ def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None,
     (`lossless_plan.stream_codec`). groups_model: (conditional net,
     fingerprint) of the model's pixel-group companion, which a stream of one
     image coded by pixel groups needs."""
-    c = C.parse(data)
+    c = container.parse(data)
     if c.mode != "lossless":
-        raise C.StreamError("not a lossless stream")
+        raise container.StreamError("not a lossless stream")
     h = {**HEADER_DEFAULTS, **c.header}
     if "pixel_groups" in c.header:
         if groups_model is None:
-            raise C.ModelMismatch("stream was coded by pixel groups with a conditional net, and the model "
+            raise container.ModelMismatch("stream was coded by pixel groups with a conditional net, and the model "
                                   "given has none (its *_groups.json companion); pass the right --model")
-        C.check_model(c, groups_model[1])
+        container.check_model(c, groups_model[1])
         return _decode_pixel_groups(c, h, groups_model[0], progress)
-    C.check_model(c, fingerprint)
+    container.check_model(c, fingerprint)
     plan = _check_header(h, len(c.payload))
     times = _chain_times(model, h, plan)
-    images = [ImageRecord(np.zeros((hh, ww, cc), np.uint8), name, mode) for name, mode, hh, ww, cc in h["images"]]
+    images = [ImageRecord(pixels=np.zeros((hh, ww, cc), np.uint8), name=name, mode=mode) for name, mode, hh, ww, cc in h["images"]]
     try:
         units = _units(images, model.channels, model.unet.multiple, h["tile"])
-    except C.CodecError as e:
-        raise C.StreamError(f"corrupt stream: {e}")
+    except container.CodecError as e:
+        raise container.StreamError(f"corrupt stream: {e}")
     if plan.seed_pick >= len(units):
-        raise C.StreamError("corrupt stream: bad seed pick")
-    order = _pick_first(_coding_order(units), plan.seed_pick)
+        raise container.StreamError("corrupt stream: bad seed pick")
+    plan.check_units(len(units))
+    order = plan.order(units)
     shapes = [units[k].pixels.shape for k in order]
     plan.check_shapes(shapes)
     work = h.get("steps", 0) * (sum(u.pixels.size for u in units) + WORK_PER_GROUP * len(plan.steps))
     if work > max(MIN_WORK, WORK_PER_PAYLOAD_BIT * 8 * len(c.payload)):
-        raise C.StreamError("corrupt stream: the header asks for more decoding work than its payload justifies")
+        raise container.StreamError("corrupt stream: the header asks for more decoding work than its payload justifies")
     seed = _stream_seed(h["pixels_sha256"])
     msg = _stream_message(c, h, plan, seed)
     chains = {g: DiffusionChain(model, times, g) for g in {s.grid for s in plan.steps}}
-    codec = stream_codec(plan, shapes, chains.__getitem__, seed, c.encrypted)
+    codec = stream_codec(plan, shapes, chains.__getitem__, seed, c.encrypted, progress)
     want = h.get("threads")
     try:
         with _torch_threads(want if is_uint(want) and 1 <= want <= 1024 else None):
             msg, values = codec.pop(msg)
     except (BitsBackError, ValueError, ArithmeticError) as e:     # garbage latents: escapes, non-finite values
-        raise C.StreamError(f"decoding failed ({type(e).__name__}): the stream is damaged or was made "
+        raise container.StreamError(f"decoding failed ({type(e).__name__}): the stream is damaged or was made "
                             f"under different conditionals (see the determinism contract)")
     for s, x in zip(plan.steps, values[1:]):
         for j, k in enumerate(order[s.start:s.start + s.size]):
             units[k].pixels[...] = x[-1][j] if s.topup else x[j]
     for n, (name, code) in enumerate(zip(plan.seed_codecs, values[0] or [])):
-        S.decode_unit(name, code, units[order[n]].pixels)
+        classical_seed.decode_unit(name, code, units[order[n]].pixels)
     for u in units:
         place_unit(images[u.image], u)
     if progress:
-        progress(len(units))
+        progress(sum(units[k].pixels.size for k in order[:plan.seed_units]))
     if pixel_checksum(images) != h["pixels_sha256"]:
-        raise C.StreamError("decoded pixels fail the checksum (damaged stream or different conditionals)")
+        raise container.StreamError("decoded pixels fail the checksum (damaged stream or different conditionals)")
     return images

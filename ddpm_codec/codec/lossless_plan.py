@@ -19,11 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bitsback.ans.codecs import base_words, known_words, serial
+from bitsback.ans.codecs import base_words, known_words, serial, tap
 from bitsback.ans.initial import seeded_words
 from bitsback.chains import bitswap
 from bitsback.errors import DecodeMismatch
 from ddpm_codec.codec import classical_seed
+from ddpm_codec.codec.units import coding_order, pick_first
 from ddpm_codec.format import container
 from ddpm_codec.format.compact import is_uint
 
@@ -58,6 +59,14 @@ class Plan:
     seed_words: int                 # random seed: PRNG words under the first group
     grid: float                     # the main latent grid (bin width / noise scale)
     steps: tuple                    # of Step, in coding order
+    classical: tuple = ()           # units stored classically by choice (ascending): first in coding order
+
+    def order(self, units) -> list[int]:
+        """Units in coding order: the classical choices, then the rest by shape
+        (`units.coding_order`) with position `seed_pick` of them moved first."""
+        chosen = set(self.classical)
+        rest = [i for i in coding_order(units) if i not in chosen]
+        return [*self.classical, *pick_first(rest, self.seed_pick)]
 
     @property
     def seed_units(self) -> int:
@@ -67,7 +76,8 @@ class Plan:
         """The plan as header fields (the caller leaves out the defaults)."""
         h = {"seed_mode": self.seed_mode.value,
              "seed_codecs": [classical_seed.SEED_CODECS.index(c) for c in self.seed_codecs],
-             "seed_pick": self.seed_pick, "groups": [s.size for s in self.steps]}
+             "seed_pick": self.seed_pick, "groups": [s.size for s in self.steps],
+             "classical_units": list(self.classical)}
         if self.steps:
             h["grid_fraction"] = self.grid
             h["coarse"] = [v for n, s in enumerate(self.steps) if s.grid != self.grid
@@ -94,10 +104,15 @@ class Plan:
             raise container.StreamError("corrupt stream: bad seed codec list")
         pick = F(h, "seed_pick", int, 0, classical_seed.PICK_AMONG - 1)
         names = tuple(classical_seed.SEED_CODECS[k] for k in codecs)
+        chosen = F(h, "classical_units", list)
+        if not all(is_uint(v) for v in chosen) or any(b <= a for a, b in zip(chosen, chosen[1:])) or \
+                len(chosen) > len(names) or (chosen and mode is not SeedMode.CLASSICAL):
+            raise container.StreamError("corrupt stream: bad classical unit list")
+        chosen = tuple(chosen)
         if not sizes:
             if mode is not SeedMode.CLASSICAL:
                 raise container.StreamError("corrupt stream: a PRNG-seeded stream without chain groups")
-            return cls(mode, pick, names, 0, 0.0, ())
+            return cls(mode, pick, names, 0, 0.0, (), chosen)
         seed_words = F(h, "seed_words", int, 0, 16 * (payload_bytes // 4) + 4096) if mode is SeedMode.RANDOM else 0
         grid = F(h, "grid_fraction", float, HEADER_MIN_GRID, HEADER_MAX_GRID)
         topups = F(h, "topups", list)
@@ -117,7 +132,12 @@ class Plan:
         for n, size in enumerate(sizes):
             steps.append(Step(start, size, grid_of.get(n, grid), topup_of.get(n, 0)))
             start += size
-        return cls(mode, pick, names, seed_words, grid, tuple(steps))
+        return cls(mode, pick, names, seed_words, grid, tuple(steps), chosen)
+
+    def check_units(self, n_units: int) -> None:
+        """The classical choices name units that exist; StreamError otherwise."""
+        if self.classical and self.classical[-1] >= n_units:
+            raise container.StreamError("corrupt stream: bad classical unit list")
 
     def check_shapes(self, shapes: list) -> None:
         """The seed and the groups tile the units (shapes in coding order)
@@ -161,7 +181,11 @@ def group_codec(plan: Plan, n: int, unit_shape: tuple, chain_for, seed: int, enc
     return serial([known_words(seeded_words(topup_seed(seed, n), s.topup), "top-up bits"), group])
 
 
-def stream_codec(plan: Plan, shapes: list, chain_for, seed: int, encrypt: bool):
-    """The whole stream as one codec; x = [seed value, group 0 value, ...]."""
-    return serial([seed_codec(plan, seed)] +
-                  [group_codec(plan, n, shapes[s.start], chain_for, seed, encrypt) for n, s in enumerate(plan.steps)])
+def stream_codec(plan: Plan, shapes: list, chain_for, seed: int, encrypt: bool, progress=None):
+    """The whole stream as one codec; x = [seed value, group 0 value, ...].
+    ``progress(pixels)`` hears of each group as it is pushed or popped."""
+    groups = [group_codec(plan, n, shapes[s.start], chain_for, seed, encrypt) for n, s in enumerate(plan.steps)]
+    if progress is not None:
+        groups = [tap(g, lambda x, n=s.size * int(np.prod(shapes[s.start])): progress(n))
+                  for g, s in zip(groups, plan.steps)]
+    return serial([seed_codec(plan, seed)] + groups)

@@ -36,9 +36,10 @@ chunk the index octave (mixture prior fitted to the chunk-KL spread of
 diffusion steps) and mantissa.  A frame ends once the bit lengths of its
 chunk indices add up to `frame_bits` (an integer rule the decoder follows),
 at level 0, or with an explicit stop flag (coded only where neither holds).
-The step coder mirrors :func:`bitsback.rcc.encode_gaussian` symbol for
-symbol except the count and octave models; it lives here because rcc codes
-one step per payload.
+Each step after its jump is one :class:`bitsback.rcc.step.GaussianStep`,
+the codec :func:`bitsback.rcc.step.encode_gaussian` uses for one step per
+payload, here with the frame's count and octave models; the frame format,
+written once for both directions, is :mod:`ddpm_codec.codec.lossy_frames`.
 
 Unit stream = frames, each varint(len) payload; with `lossless_tail`, one
 more frame after level 0 codes x with the discretized decoder p(x | z_t0)
@@ -54,26 +55,28 @@ import time
 
 import numpy as np
 
-from ddpm_codec.codec.lossy_unit import (
+from ddpm_codec.codec.lossy_frames import (
     FRAME_BITS,
     MIN_STEP_BITS,
     RCC_PARAMS,
-    _Chain,
-    _crc,
-    _show,
+    ChainConditionals,
     decode_unit,
     encode_unit,
     iter_unit,
+    length_prefixed,
+    shown_pixels,
+    unit_crc,
 )
-from ddpm_codec.format import container as C
-from ddpm_codec.format import varint
-
-__all__ = ["encode", "decode", "progressive", "encode_unit", "decode_unit", "iter_unit",
-           "RCC_PARAMS", "MIN_STEP_BITS", "FRAME_BITS", "CODEC", "FORMAT"]
 from ddpm_codec.codec.units import ImageRecord, check_image_list, pixel_checksum, place_unit
 from ddpm_codec.codec.units import times_hash as _times_hash
 from ddpm_codec.codec.units import to_units as _units
 from ddpm_codec.diffusion.model import DiffusionModel
+from ddpm_codec.format import container, varint
+
+__all__ = ["encode", "decode", "progressive", "encode_unit", "decode_unit", "iter_unit",
+           "RCC_PARAMS", "MIN_STEP_BITS", "FRAME_BITS", "CODEC", "FORMAT"]
+
+_Chain = ChainConditionals          # the name tests/test_lossy.py uses
 
 CODEC = "rcc-progressive"
 FORMAT = 2
@@ -91,16 +94,16 @@ HEADER_DEFAULTS = {"codec": CODEC, "rcc": _rcc_field(RCC_PARAMS, FRAME_BITS)}
 
 
 # ---- streams of images --------------------------------------------------------
-def _check_params(h) -> tuple:
+def _rcc_params(h) -> tuple:
     """(RCC parameters, frame_bits) from the header's "rcc": [B, margin, lmax, frame_bits]."""
     r = h.get("rcc")
     if not (isinstance(r, list) and len(r) == 4 and
             all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in r)):
-        raise C.StreamError("corrupt stream: bad RCC parameters")
+        raise container.StreamError("corrupt stream: bad RCC parameters")
     b, m, lmax, fb = r
     if not (0.5 <= b <= 64 and -16 <= m <= 16 and isinstance(lmax, int) and 0 <= lmax <= 23
             and isinstance(fb, int) and 1 <= fb <= 1 << 20):
-        raise C.StreamError("corrupt stream: RCC parameters out of range")
+        raise container.StreamError("corrupt stream: RCC parameters out of range")
     return {"bits_per_chunk": float(b), "margin_bits": float(m), "max_candidates_log2": lmax}, fb
 
 
@@ -115,7 +118,7 @@ def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, s
     params = dict(RCC_PARAMS, **(params or {}))
     units = _units(images, model.channels, model.unet.multiple)
     times = model.schedule.chain(steps)
-    chain = _Chain(model, times)
+    chain = ChainConditionals(model, times)
     checksum = pixel_checksum(images)
     seed = int(checksum[:8], 16)
     stop_level = 0 if stop_at is None else int(np.clip(stop_at, 0, chain.K - 1))
@@ -128,8 +131,9 @@ def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, s
         data, rep = encode_unit(chain, u, seed + n, params, min_step_bits, frame_bits, stop_level, max_bits,
                                 lossless_tail, keep_latents)
         rep["encode_seconds"] = time.perf_counter() - t0
-        rep["offset"] = len(body) + len(varint.encode(len(data)))      # unit data start within the payload
-        body += varint.encode(len(data)) + data
+        stored = length_prefixed(data)
+        rep["offset"] = len(body) + len(stored) - len(data)      # unit data start within the payload
+        body += stored
         reports.append(rep)
     header = {"codec": CODEC, "format": FORMAT, "steps": int(steps), "times_sha": _times_hash(times),
               "seed": seed, "final_crc": [r["final_crc"] for r in reports],
@@ -138,53 +142,54 @@ def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, s
     if lossless_tail:
         header["lossless_tail"] = True
     header = {k: v for k, v in header.items() if k not in HEADER_DEFAULTS or v != HEADER_DEFAULTS[k]}
-    return C.pack(C.Container("lossy", fingerprint, header, bytes(body))), reports
+    return container.pack(container.Container("lossy", fingerprint, header, bytes(body))), reports
 
 
 def _open(data: bytes, model: DiffusionModel, fingerprint: str, max_bytes=None):
-    c = C.parse(data if max_bytes is None else data[:max_bytes], allow_truncated=True)
+    c = container.parse(data if max_bytes is None else data[:max_bytes], allow_truncated=True)
     if c.mode != "lossy":
-        raise C.StreamError("not a lossy stream")
-    C.check_model(c, fingerprint)
+        raise container.StreamError("not a lossy stream")
+    container.check_model(c, fingerprint)
     h = {**HEADER_DEFAULTS, **c.header}
-    if C.field(h, "codec", str) != CODEC or C.field(h, "format", int) != FORMAT:
-        raise C.StreamError("unsupported lossy codec or stream format")
-    steps = C.field(h, "steps", int, 1, 100000)
-    C.field(h, "seed", int, 0, (1 << 32) - 1)
+    if container.field(h, "codec", str) != CODEC or container.field(h, "format", int) != FORMAT:
+        raise container.StreamError("unsupported lossy codec or stream format")
+    steps = container.field(h, "steps", int, 1, 100000)
+    container.field(h, "seed", int, 0, (1 << 32) - 1)
     if "lossless_tail" in h:
-        C.field(h, "lossless_tail", bool)
+        container.field(h, "lossless_tail", bool)
     check_image_list(h, len(c.payload))      # sizes bounded by the payload
-    params, frame_bits = _check_params(h)
+    params, frame_bits = _rcc_params(h)
     try:
         times = model.schedule.chain(steps)
     except ValueError as e:
-        raise C.StreamError(f"corrupt stream: its chain does not fit this model ({e})")
+        raise container.StreamError(f"corrupt stream: its chain does not fit this model ({e})")
     if _times_hash(times) != h.get("times_sha"):
-        raise C.ModelMismatch("stream's chain times differ from this model's chain")
-    images = [ImageRecord(np.zeros((hh, ww, cc), np.uint8), name, mode) for name, mode, hh, ww, cc in h["images"]]
+        raise container.ModelMismatch("stream's chain times differ from this model's chain")
+    images = [ImageRecord(pixels=np.zeros((hh, ww, cc), np.uint8), name=name, mode=mode) for name, mode, hh, ww, cc in h["images"]]
     units = _units(images, model.channels, model.unet.multiple)
     crcs = h.get("final_crc")
     if not (isinstance(crcs, list) and len(crcs) == len(units) and
             all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 32 for v in crcs)):
-        raise C.StreamError("corrupt stream: bad final checks")
+        raise container.StreamError("corrupt stream: bad final checks")
     cfg = {"params": params, "frame_bits": frame_bits, "tail": bool(h.get("lossless_tail", False)),
            "seed": h["seed"], "crc": crcs}
-    return c, cfg, _Chain(model, times), images, units
+    return c, cfg, ChainConditionals(model, times), images, units
 
 
 def _unit_slices(body: bytes, count: int, strict: bool):
-    """Each unit's bytes and whether they are all there; strict (a complete
+    """Each unit's (start within the payload, bytes, whether they are all there);
+    a unit cut short gives the bytes that are there. strict (a complete
     container): every unit must be whole and nothing may follow the last."""
     pos = 0
     for _ in range(count):
-        length, p = varint.decode(body, pos)
-        whole = length is not None and p + length <= len(body)
+        length, start = varint.decode(body, pos)
+        whole = length is not None and start + length <= len(body)
         if strict and not whole:
-            raise C.StreamError("corrupt stream: a unit is longer than the payload")
-        yield (b"" if length is None else body[p:p + length]), whole
-        pos = len(body) if length is None else min(len(body), p + length)
+            raise container.StreamError("corrupt stream: a unit is longer than the payload")
+        yield start, (b"" if length is None else body[start:start + length]), whole
+        pos = len(body) if length is None else min(len(body), start + length)
     if strict and pos != len(body):
-        raise C.StreamError("corrupt stream: trailing bytes after the last unit")
+        raise container.StreamError("corrupt stream: trailing bytes after the last unit")
 
 
 def decode(data: bytes, model: DiffusionModel, fingerprint: str, stop_at=None, max_bytes=None,
@@ -194,7 +199,7 @@ def decode(data: bytes, model: DiffusionModel, fingerprint: str, stop_at=None, m
     c, cfg, chain, images, units = _open(data, model, fingerprint, max_bytes)
     stop_level = None if stop_at is None else int(stop_at)
     strict = not c.truncated
-    for n, (unit, (sub, whole)) in enumerate(zip(units, _unit_slices(c.payload, len(units), strict))):
+    for n, (unit, (_, sub, whole)) in enumerate(zip(units, _unit_slices(c.payload, len(units), strict))):
         u = unit.pixels
         lat = [] if latents is not None else None
         r = decode_unit(chain, sub, u.shape, cfg["seed"] + n, cfg["params"], cfg["frame_bits"], cfg["tail"],
@@ -203,10 +208,10 @@ def decode(data: bytes, model: DiffusionModel, fingerprint: str, stop_at=None, m
             latents.append(lat)
         if strict and r["kind"] != "stopped":
             if not r["complete"]:
-                raise C.StreamError("corrupt stream: a frame runs past its unit")
-            if _crc(r["x0_hat"]) != cfg["crc"][n]:
-                raise C.StreamError("decoded image fails the stream's check (damaged stream, other seed, "
-                                    "or conditionals computed differently from the encoder's)")
+                raise container.StreamError("corrupt stream: a frame runs past its unit")
+            if unit_crc(r["x0_hat"]) != cfg["crc"][n]:
+                raise container.StreamError("decoded image fails the stream's check (damaged stream, other seed, "
+                                            "or conditionals computed differently from the encoder's)")
         place_unit(images[unit.image], unit, r["pixels"])
     return images
 
@@ -218,22 +223,14 @@ def progressive(data: bytes, model: DiffusionModel, fingerprint: str):
     c, cfg, chain, images, units = _open(data, model, fingerprint)
     start = len(data) - 4 - len(c.payload)             # payload offset in the file
     out = []
-    for n, (unit, (sub, _)) in enumerate(zip(units, _unit_slices(c.payload, len(units), True))):
+    for n, (unit, (offset, sub, _)) in enumerate(zip(units, _unit_slices(c.payload, len(units), True))):
         u = unit.pixels
-        base = start + _unit_offset(c.payload, n)
+        base = start + offset
         pts = []
         for kind, end, level, z, eps in iter_unit(chain, sub, u.shape, cfg["seed"] + n, cfg["params"],
                                                   cfg["frame_bits"], cfg["tail"]):
-            px = _show(chain, kind, z, eps, level, u.shape)
+            px = shown_pixels(chain, kind, z, eps, level, u.shape)
             pts.append({"end": base + end, "level": level, "pixels": px})
         out.append(pts)
     return out
 
-
-def _unit_offset(body: bytes, n: int) -> int:
-    pos = 0
-    for k in range(n + 1):
-        length, p = varint.decode(body, pos)
-        if k == n:
-            return p
-        pos = p + length

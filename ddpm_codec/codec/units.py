@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ddpm_codec.format import container as C
+from ddpm_codec.format import container
 
 MAX_UNITS = 1 << 20
 MAX_DIMS = 1 << 30
@@ -35,8 +35,9 @@ MAX_UNIT_PIXELS = 1 << 16
 MAX_TILED_PIXELS = 1 << 24
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ImageRecord:
+    """One image of a stream: pixels, the name it is decoded to, and its mode."""
     pixels: np.ndarray            # (H, W, C) uint8
     name: str = "image"
     mode: str = "L"
@@ -56,7 +57,7 @@ def _planes(im: ImageRecord, channels: int) -> list:
         return [im.pixels[:, :, j:j + 1] for j in range(c)]
     if channels == c:
         return [im.pixels]
-    raise C.CodecError(f"{im.name}: a {c}-channel image cannot be coded by a {channels}-channel model")
+    raise container.CodecError(f"{im.name}: a {c}-channel image cannot be coded by a {channels}-channel model")
 
 
 def tile_spans(n: int, tile: int, multiple: int) -> list[tuple[int, int]]:
@@ -88,11 +89,11 @@ def to_units(images: list[ImageRecord], channels: int, multiple: int, tile: int 
     for im in images:
         h, w, _ = im.pixels.shape
         if h * w > limit:
-            raise C.CodecError(f"{im.name}: {w}x{h} is larger than this codec codes "
+            raise container.CodecError(f"{im.name}: {w}x{h} is larger than this codec codes "
                                + ("at once" if tile else "as one plane") + f" ({limit} pixels)"
                                + ("" if tile else "; lossless coding can tile it (--tiles always)"))
     if count_units(images, channels, tile) > MAX_UNITS:
-        raise C.CodecError(f"too many image planes or tiles in one stream (> {MAX_UNITS})")
+        raise container.CodecError(f"too many image planes or tiles in one stream (> {MAX_UNITS})")
     out = []
     for i, im in enumerate(images):
         h, w, _ = im.pixels.shape
@@ -146,7 +147,7 @@ def coding_order(units) -> list[int]:
     """Units in coding order: by shape, the largest shapes first, so that a
     unit never needs more stack than the earlier ones left."""
     groups = shape_groups(units)
-    groups.sort(key=lambda g: -units[g[0]][2].size)
+    groups.sort(key=lambda g: -units[g[0]].pixels.size)
     return [n for g in groups for n in g]
 
 
@@ -166,18 +167,18 @@ def shape_groups(units):
 def check_image_list(h: dict, payload_bytes: int, max_pixels: int = MAX_UNIT_PIXELS) -> list:
     """The header's image list [name, mode, H, W, C], bounded by the payload
     (and each image by `max_pixels`: one plane, or a tiled image)."""
-    imgs = C.field(h, "images", list)
+    imgs = container.field(h, "images", list)
     if not 1 <= len(imgs) <= MAX_UNITS:
-        raise C.StreamError("corrupt stream: image count out of range")
+        raise container.StreamError("corrupt stream: image count out of range")
     dims = 0
     for im in imgs:
         ok = isinstance(im, list) and len(im) == 5 and isinstance(im[0], str) and isinstance(im[1], str)
         ok = ok and all(isinstance(v, int) and not isinstance(v, bool) for v in im[2:])
         if not ok or not (1 <= im[2] <= 1 << 16 and 1 <= im[3] <= 1 << 16 and 1 <= im[4] <= 4):
-            raise C.StreamError("corrupt stream: bad image record")
+            raise container.StreamError("corrupt stream: bad image record")
         if im[2] * im[3] > max_pixels:
-            raise C.StreamError("corrupt stream: an image is larger than any encoder writes")
+            raise container.StreamError("corrupt stream: an image is larger than any encoder writes")
         dims += im[2] * im[3] * im[4]
     if dims > MAX_DIMS or dims > 64 * 8 * max(payload_bytes, 64) * 64:
-        raise C.StreamError("corrupt stream: image sizes do not fit the payload")
+        raise container.StreamError("corrupt stream: image sizes do not fit the payload")
     return imgs

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ddpm_codec.diffusion import process as D
+from ddpm_codec.diffusion import process
 from ddpm_codec.diffusion.schedules import NoiseSchedule, build_schedule
 from ddpm_codec.diffusion.unet import UNet, UNetConfig
 
@@ -134,7 +134,7 @@ class DiffusionModel(nn.Module):
         before the data: the lossless coder's grid)."""
         gamma_s, gamma_t = torch.as_tensor(gamma_s, dtype=F64), torch.as_tensor(gamma_t, dtype=F64)
         if self.variance == "transition":
-            var = D.transition(gamma_s, gamma_t)[1]
+            var = process.transition(gamma_s, gamma_t)[1]
         else:
             var = _posterior_var(gamma_s, gamma_t)
         if self.eps_error is not None:
@@ -144,14 +144,14 @@ class DiffusionModel(nn.Module):
 
     def reverse(self, z_t, eps_hat, gamma_s, gamma_t):
         """p(z_s | z_t) = (mean, var): DDPM's mean with this model's variance choice."""
-        mean, var = D.reverse(z_t, eps_hat, gamma_s, gamma_t, self.variance)
+        mean, var = process.reverse(z_t, eps_hat, gamma_s, gamma_t, self.variance)
         if self.eps_error is None:
             return mean, var
         if self.eps_error.dim() == 1:
             return mean, self.reverse_var(gamma_s, gamma_t).to(var.dtype).expand_as(var)
         gamma_s = torch.as_tensor(gamma_s, dtype=F64, device=z_t.device)
         gamma_t = torch.as_tensor(gamma_t, dtype=F64, device=z_t.device)
-        b = x0_bins(D.predict_x0(z_t.to(F64), eps_hat.to(F64), gamma_t), self.eps_error.shape[1])
+        b = x0_bins(process.predict_x0(z_t.to(F64), eps_hat.to(F64), gamma_t), self.eps_error.shape[1])
         rows = self._eps_error_at(gamma_t)                       # gamma_t.shape + (B,)
         e = torch.gather(rows.expand(*b.shape, rows.shape[-1]), -1, b.unsqueeze(-1)).squeeze(-1)
         return mean, (_posterior_var(gamma_s, gamma_t) * _error_scale(gamma_s, gamma_t, e)).to(var.dtype)
@@ -169,4 +169,4 @@ class DiffusionModel(nn.Module):
         """Mean and log-scale (model units) of the discretized decoder p(x | z_t0)
         (`diffusion.decoder_params`), float64."""
         z0 = z0.to(F64)
-        return D.decoder_params(z0, self.eps(z0, t0).to(F64), self.gamma(t0))
+        return process.decoder_params(z0, self.eps(z0, t0).to(F64), self.gamma(t0))

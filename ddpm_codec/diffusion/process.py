@@ -16,18 +16,19 @@ LOG2 = math.log(2.0)
 
 
 def alpha_sigma(gamma):
-    """(alpha_t, sigma_t) of q(z_t | x) = N(alpha_t x, sigma_t^2)."""
+    """(alpha_t, sigma_t) of q(z_t | x) = N(alpha_t x, sigma_t^2) (DDPM eq. 4; VDM appendix A, eq. 1-3)."""
     return torch.sigmoid(-gamma).sqrt(), torch.sigmoid(gamma).sqrt()
 
 
 def q_sample(x, gamma, eps):
-    """z_t = alpha_t x + sigma_t eps."""
+    """z_t = alpha_t x + sigma_t eps (DDPM eq. 4 reparameterized, as in eq. 9)."""
     a, s = alpha_sigma(gamma)
     return a * x + s * eps
 
 
 def transition(gamma_s, gamma_t):
-    """q(z_t | z_s) = N(alpha_{t|s} z_s, sigma_{t|s}^2) for s < t.
+    """q(z_t | z_s) = N(alpha_{t|s} z_s, sigma_{t|s}^2) for s < t (DDPM eq. 2 over any gap;
+    VDM appendix A.1).
 
     sigma_{t|s}^2 = sigma_t^2 * (-expm1(gamma_s - gamma_t)); alpha_{t|s} =
     alpha_t / alpha_s.  gamma_s = -inf (s = data) gives q(z_t | x).
@@ -39,7 +40,7 @@ def transition(gamma_s, gamma_t):
 
 
 def posterior(z_t, x, gamma_s, gamma_t):
-    """q(z_s | z_t, x) = N(mean, var) (DDPM eq. 6-7, VDM eq. 27-28)."""
+    """q(z_s | z_t, x) = N(mean, var) (DDPM eq. 6-7, VDM appendix A.2, eq. 27-28)."""
     a_s, s_s = alpha_sigma(gamma_s)
     a_t, s_t = alpha_sigma(gamma_t)
     frac = -torch.expm1(gamma_s - gamma_t)          # sigma_{t|s}^2 / sigma_t^2
@@ -64,7 +65,8 @@ def decoder_params(z0, eps_hat, gamma_0):
 
 
 def reverse(z_t, eps_hat, gamma_s, gamma_t, variance="posterior"):
-    """p(z_s | z_t): the posterior with x replaced by x0_hat(z_t).
+    """p(z_s | z_t): the posterior with x replaced by x0_hat(z_t), i.e. the eps
+    parameterization of the reverse mean (DDPM eq. 11; VDM appendix A.3).
 
     variance="posterior": sigma^2 = beta-tilde (DDPM) = VDM's sigma_Q^2;
     variance="transition": sigma^2 = sigma_{t|s}^2, DDPM's beta_t on a
@@ -85,7 +87,8 @@ def gaussian_kl(mean_q, var_q, mean_p, var_p):
 
 
 def kl_eps_form(eps, eps_hat, gamma_s, gamma_t):
-    """KL(q(z_s|z_t,x) || p(z_s|z_t)) with the posterior variance, VDM form:
+    """KL(q(z_s|z_t,x) || p(z_s|z_t)) with the posterior variance (DDPM eq. 8, eq. 10 and eq. 12
+    in the eps form; VDM appendix A.4):
     0.5 * expm1(gamma_t - gamma_s) * (eps - eps_hat)^2, elementwise nats."""
     return 0.5 * torch.expm1(gamma_t - gamma_s) * (eps - eps_hat) ** 2
 

@@ -30,7 +30,7 @@ from ddpm_codec.codec.chain import DEFAULT_GRID
 
 
 def lossless_record(model, fingerprint, images: np.ndarray, steps: int, seed: int = 0, grid=None) -> dict:
-    recs = [lossless.ImageRecord(a.transpose(1, 2, 0).copy(), "", "L" if a.shape[0] == 1 else "RGB")
+    recs = [lossless.ImageRecord(pixels=a.transpose(1, 2, 0).copy(), name="", mode="L" if a.shape[0] == 1 else "RGB")
             for a in images]
     dims = int(images.size)
     grid = DEFAULT_GRID if grid is None else float(grid)
@@ -147,7 +147,7 @@ def single_image_record(model, fingerprint, images: np.ndarray, steps: int, grou
     if groups_model is not None:
         out.update({"pixel_groups_bpd": [], "pixel_groups_ideal_bpd": [], "pixel_groups_direct_bits": []})
     for n, a in enumerate(images):
-        rec = lossless.ImageRecord(a.transpose(1, 2, 0).copy(), "", "L" if a.shape[0] == 1 else "RGB")
+        rec = lossless.ImageRecord(pixels=a.transpose(1, 2, 0).copy(), name="", mode="L" if a.shape[0] == 1 else "RGB")
         t0 = time.perf_counter()
         data, rep = lossless.encode([rec], model, fingerprint, steps=steps, groups_model=groups_model)
         t1 = time.perf_counter()

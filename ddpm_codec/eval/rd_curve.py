@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ddpm_codec.diffusion import process as D
+from ddpm_codec.diffusion import process
 from ddpm_codec.diffusion.likelihood import discretized_gaussian_log_prob, model_to_pixels, pixels_to_model
 from ddpm_codec.diffusion.model import DiffusionModel
 
@@ -108,19 +108,19 @@ def _batch(model: DiffusionModel, pixels: torch.Tensor, times: torch.Tensor, noi
     sq, sq_float = torch.zeros(n, K + 1, dtype=F64), torch.zeros(n, K + 1, dtype=F64)
     secs = np.zeros(K + 2)
     t0 = time.perf_counter()
-    prior = _per_image(D.prior_kl(x, gam[K])) / LOG2
-    z = D.q_sample(x, gam[K], noise[K])
+    prior = _per_image(process.prior_kl(x, gam[K])) / LOG2
+    z = process.q_sample(x, gam[K], noise[K])
     for k in range(K, -1, -1):
         eps_hat = model.eps(z, times[k]).to(F64)
-        x0 = D.predict_x0(z, eps_hat, gam[k]).clamp(-1.0, 1.0)
+        x0 = process.predict_x0(z, eps_hat, gam[k]).clamp(-1.0, 1.0)
         sq[:, k] = _per_image((model_to_pixels(x0).to(F64) - ref) ** 2)
         sq_float[:, k] = _per_image(((x0 + 1.0) * 127.5 - ref) ** 2)
         if k > 0:
             g_s, g_t = gam[k - 1], gam[k]
-            m_q, v_q = D.posterior(z, x, g_s, g_t)
+            m_q, v_q = process.posterior(z, x, g_s, g_t)
             m_p, v_p = model.reverse(z, eps_hat, g_s, g_t)
-            kl[:, k - 1] = _per_image(D.gaussian_kl(m_q, v_q, m_p, v_p)) / LOG2
-            z = m_q + v_q.sqrt() * noise[k - 1] if latents == "topdown" else D.q_sample(x, g_s, noise[k - 1])
+            kl[:, k - 1] = _per_image(process.gaussian_kl(m_q, v_q, m_p, v_p)) / LOG2
+            z = m_q + v_q.sqrt() * noise[k - 1] if latents == "topdown" else process.q_sample(x, g_s, noise[k - 1])
         t1 = time.perf_counter()
         secs[K - k] = t1 - t0
         t0 = t1
@@ -235,16 +235,16 @@ def format_table(rec: dict, points: int = 10) -> str:
 def classical_points(images: np.ndarray, settings: dict | None = None,
                      layouts=("per_image", "mosaic")) -> tuple[list[dict], list[str]]:
     """Classical lossy anchors on the same images: (rows, skipped codecs with the reason)."""
-    from ddpm_codec.io import classical as C
+    from ddpm_codec.io import classical
     rows, skipped = [], []
     for codec, values in (settings or CLASSICAL_SETTINGS).items():
-        ok, why = C.codec_status(codec)
+        ok, why = classical.codec_status(codec)
         if not ok:
             skipped.append(f"{codec}: {why}")
             continue
         for layout in layouts:
             for q in values:
-                res = C.lossy_bits_per_dim(codec, images, q, layout)
+                res = classical.lossy_bits_per_dim(codec, images, q, layout)
                 rows.append({"codec": codec, "layout": layout, "setting": res.setting,
                              "bpd": res.bits_per_dim, "bpp": res.bits_per_dim * images.shape[1],
                              "rmse": res.rmse, "psnr": _psnr(res.rmse), "num_bytes": res.num_bytes,

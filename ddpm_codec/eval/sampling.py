@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ddpm_codec.diffusion import process as D
+from ddpm_codec.diffusion import process
 from ddpm_codec.diffusion.likelihood import model_to_pixels
 from ddpm_codec.diffusion.model import DiffusionModel
 
@@ -28,7 +28,7 @@ def sample(model: DiffusionModel, n: int, steps: int, size: tuple[int, int] | No
     for k in tqdm(range(times.numel() - 1, 0, -1), desc="sample", disable=not progress):
         eps_hat = model.eps(z, times[k]).double()
         if k in keep:
-            frames.append(model_to_pixels(D.predict_x0(z, eps_hat, gam[k]).clamp(-1, 1)))
+            frames.append(model_to_pixels(process.predict_x0(z, eps_hat, gam[k]).clamp(-1, 1)))
         mean, var = model.reverse(z, eps_hat, gam[k - 1], gam[k])
         z = mean + var.sqrt() * torch.randn(z.shape, generator=g, dtype=torch.float64)
     mean, _ = model.decoder_params(z, times[0])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from ddpm_codec.diffusion.model import DiffusionModel
 from ddpm_codec.errors import DdpmCodecError
+from ddpm_codec.io.atomic import atomic_write, atomic_write_bytes
 
 FORMAT = "ddpm-codec-model"
 FORMAT_VERSION = 1
@@ -41,18 +41,6 @@ def fingerprint(model: DiffusionModel) -> str:
     return h.hexdigest()
 
 
-def _atomic(path: Path, write):
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_model(model: DiffusionModel, path, extra: dict | None = None) -> str:
     """Write PATH.safetensors and PATH.json atomically; returns the fingerprint."""
     base = _base(path)
@@ -61,9 +49,9 @@ def save_model(model: DiffusionModel, path, extra: dict | None = None) -> str:
     fp = fingerprint(model)
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "config": model.config(),
             "fingerprint": fp, **(extra or {})}
-    _atomic(base.with_suffix(".safetensors"), lambda p: save_file(tensors, str(p)))
-    _atomic(base.with_suffix(".json"),
-            lambda p: p.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n"))
+    atomic_write(base.with_suffix(".safetensors"), lambda p: save_file(tensors, p), force=True)
+    atomic_write_bytes(base.with_suffix(".json"), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode(),
+                       force=True)
     return fp
 
 

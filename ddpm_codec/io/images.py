@@ -23,9 +23,7 @@ codec stores the raster as it is in the file.
 """
 from __future__ import annotations
 
-import errno
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from io import BytesIO
@@ -35,6 +33,7 @@ from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
 from ddpm_codec.errors import DdpmCodecError
+from ddpm_codec.io.atomic import OutputExistsError, atomic_write_bytes  # noqa: F401 (re-exported)
 
 #: Refuse images with more pixels than this (64 Mi pixels) unless told otherwise.
 DEFAULT_MAX_PIXELS = 1 << 26
@@ -44,7 +43,6 @@ MODE_CHANNELS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # errno values of filesystems that cannot make hard links (FAT, some network mounts).
-_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV}
 
 
 class ImageIOError(DdpmCodecError):
@@ -64,8 +62,6 @@ class UnsupportedImageError(ImageIOError):
         self.reason = reason
 
 
-class OutputExistsError(ImageIOError, FileExistsError):
-    """The output path exists and overwriting was not asked for."""
 
 
 @dataclass
@@ -266,62 +262,3 @@ def write_png(path, pixels: np.ndarray, mode: str, force: bool = False) -> int:
     data = encode_png(pixels, mode)
     atomic_write_bytes(path, data, force=force)
     return len(data)
-
-
-def _current_umask() -> int:
-    # There is no read-only query for the umask; set and restore it at once.
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path, data: bytes, force: bool = False) -> None:
-    """Write `data` to `path` so that readers see either nothing or the whole file.
-
-    The bytes go to a temporary file in the same directory, are fsynced, and
-    the file is then renamed into place (os.replace when `force`, else a hard
-    link, which fails rather than overwrite a file created meanwhile). On any
-    failure the temporary file is removed and `path` is untouched.
-    """
-    path = os.fspath(path)
-    if os.path.exists(path) and not force:
-        raise OutputExistsError(f"{path}: output exists; pass force=True (--force) to "
-                                "overwrite")
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
-                               suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_current_umask())  # mkstemp makes it 0600
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if force:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise OutputExistsError(f"{path}: output appeared while writing; pass "
-                                        "force=True (--force) to overwrite") from None
-            except OSError as e:
-                if e.errno not in _NO_HARD_LINKS:
-                    raise
-                # Filesystems without hard links: check-then-rename, a small race.
-                if os.path.exists(path):
-                    raise OutputExistsError(f"{path}: output exists; pass force=True "
-                                            "(--force) to overwrite") from None
-                os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    try:
-        dfd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)  # make the rename itself durable
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)

@@ -91,7 +91,7 @@ def make_corpus(model_path: Path, lossy: bool = True):
         from ddpm_codec.codec import lossless
         from ddpm_codec.codec.units import ImageRecord
         px = rng.integers(0, 256, (28, 28, 1), dtype=np.uint8)
-        data, _ = lossless._encode_pixel_groups([ImageRecord(px, "g.png", "L")], *codec.groups, 2, 0.25, True, 0)
+        data, _ = lossless._encode_pixel_groups([ImageRecord(pixels=px, name="g.png", mode="L")], *codec.groups, 2, 0.25, True, 0)
         out.append(("pixel groups", data, parse(data).header["pixels_sha256"]))
     try:
         if not lossy:
@@ -161,10 +161,10 @@ def _nudge(r: random.Random, v):
     return _rand_json(r)
 
 
-def _repack(C, c, **kw) -> bytes:
+def _repack(container, c, **kw) -> bytes:
     fields = dict(mode=c.mode, fingerprint=c.fingerprint, header=c.header, payload=c.payload, encrypted=c.encrypted)
     fields.update(kw)
-    return C.pack(C.Container(**fields))
+    return container.pack(container.Container(**fields))
 
 
 def _raw_stream(version=1, mode=0, flags=1, fp=b"\0" * 32, head=b"", payload=b"", hlen=None, plen=None):
@@ -175,7 +175,7 @@ def _raw_stream(version=1, mode=0, flags=1, fp=b"\0" * 32, head=b"", payload=b""
 
 def mutate(r: random.Random, corpus, fingerprint: str):
     """One case: (mutator name, bytes, index of the source stream or None)."""
-    from ddpm_codec.format import container as C
+    from ddpm_codec.format import container
     src = r.randrange(len(corpus))
     data = corpus[src][1]
     n = len(data)
@@ -210,7 +210,7 @@ def mutate(r: random.Random, corpus, fingerprint: str):
         return kind, r.randbytes(r.randrange(0, 2048)), None
     if kind == "magic_random":
         return kind, b"DDPMC" + r.randbytes(r.randrange(0, 512)), None
-    c = C.parse(data, allow_truncated=True)
+    c = container.parse(data, allow_truncated=True)
     h = json.loads(json.dumps(c.header))
     if kind in ("header_field", "header_nudge", "header_drop"):
         key = r.choice(sorted(h) + ["extra"])
@@ -220,7 +220,7 @@ def mutate(r: random.Random, corpus, fingerprint: str):
             h[key] = _nudge(r, h.get(key))
         else:
             h.pop(key, None)
-        return kind, _repack(C, c, header=h), src
+        return kind, _repack(container, c, header=h), src
     if kind == "images":
         imgs = h.get("images") or [["a", "L", 1, 1, 1]]
         i = r.randrange(len(imgs))
@@ -232,26 +232,26 @@ def mutate(r: random.Random, corpus, fingerprint: str):
         else:
             imgs = imgs[:i] + [rec] + imgs[i + 1:]
         h["images"] = imgs
-        return kind, _repack(C, c, header=h), src
+        return kind, _repack(container, c, header=h), src
     if kind == "groups":
         h["groups"] = _nudge(r, h.get("groups", []))
-        return kind, _repack(C, c, header=h), src
+        return kind, _repack(container, c, header=h), src
     if kind == "payload_flip":
         p = bytearray(c.payload)
         if p:
             for _ in range(r.randrange(1, 4)):
                 p[r.randrange(len(p))] ^= 1 << r.randrange(8)
-        return kind, _repack(C, c, payload=bytes(p)), src
+        return kind, _repack(container, c, payload=bytes(p)), src
     if kind == "payload_cut":
-        return kind, _repack(C, c, payload=c.payload[:r.randrange(len(c.payload) + 1)]), src
+        return kind, _repack(container, c, payload=c.payload[:r.randrange(len(c.payload) + 1)]), src
     if kind == "payload_extend":
-        return kind, _repack(C, c, payload=c.payload + r.randbytes(r.choice([1, 4, 64]))), src
+        return kind, _repack(container, c, payload=c.payload + r.randbytes(r.choice([1, 4, 64]))), src
     if kind == "fingerprint":
-        return kind, _repack(C, c, fingerprint=r.randbytes(32).hex()), src
+        return kind, _repack(container, c, fingerprint=r.randbytes(32).hex()), src
     if kind == "mode_flag":
         if r.random() < 0.5:
-            return kind, _repack(C, c, mode="lossy" if c.mode == "lossless" else "lossless"), src
-        return kind, _repack(C, c, encrypted=not c.encrypted), src
+            return kind, _repack(container, c, mode="lossy" if c.mode == "lossless" else "lossless"), src
+        return kind, _repack(container, c, encrypted=not c.encrypted), src
     fp = bytes.fromhex(fingerprint)
     if kind == "raw_header":
         choice = r.randrange(4)
@@ -279,10 +279,10 @@ def run_case(codec, blob: bytes, expect_sha):
     from ddpm_codec import api
     from ddpm_codec.codec.lossless import pixel_checksum
     from ddpm_codec.errors import user_errors
-    from ddpm_codec.format import container as C
+    from ddpm_codec.format import container
     try:
         for strict in (False, True):
-            C.parse(blob, allow_truncated=not strict)
+            container.parse(blob, allow_truncated=not strict)
         api.stream_names(blob)
         if api.stream_mode(blob) == "lossy":
             codec.decompress_lossy(blob)
@@ -291,7 +291,7 @@ def run_case(codec, blob: bytes, expect_sha):
         if expect_sha is not None and pixel_checksum(images) != expect_sha:
             return "wrong_output", "decoded pixels differ from the source's"
         return "decoded_ok", "lossless"
-    except C.StreamError as e:
+    except container.StreamError as e:
         return "stream_error", str(e)
     except user_errors() as e:
         return "user_error", f"{type(e).__name__}: {e}"

@@ -1,6 +1,12 @@
 """Training: Adam, EMA, gradient clipping, flips, periodic test bits/dim,
 atomic checkpoints and exact resume; data-parallel under torchrun.
 
+One loop for every objective (`TrainConfig.objective`, the loss chosen in
+`LossModule`): the VLB or L_simple for a model trained from its config or
+fine-tuned from `base`, and "pixel_groups", the companion of `base` for the
+pixel-group codec (`groups.conditional_from(base)`, schedule frozen, the group
+objective of `groups.group_loss`, evaluated as the group diffusion bits/dim).
+
 Randomness is drawn for the *global* batch from one generator on every rank
 (times, noise, flips, data order), and each rank takes its slice, so N ranks
 compute the same update as one process with the same global batch, and a run
@@ -13,7 +19,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -24,49 +30,57 @@ from tqdm import tqdm
 
 from ddpm_codec.bound.losses import training_loss
 from ddpm_codec.bound.vlb import sampled_chain_terms
+from ddpm_codec.diffusion import pixel_groups
 from ddpm_codec.diffusion.configs import get_config
 from ddpm_codec.diffusion.likelihood import pixels_to_model
 from ddpm_codec.diffusion.model import DiffusionModel
-from ddpm_codec.io.checkpoint import CheckpointError, save_model
+from ddpm_codec.io.checkpoint import CheckpointError, load_model, save_model
 from ddpm_codec.training import distributed as dist
+from ddpm_codec.training import groups
 from ddpm_codec.training.ema import EMA
 from ddpm_codec.training.time_samplers import make_sampler
 
 EVAL_STRATA = 20          # transitions per test image in the discrete-time evaluation
-
-
-@dataclass
-class TrainConfig:
-    model: str = "fmnist"               # named config (ddpm_codec.diffusion.configs)
-    data: str = "fashion_mnist"
-    out: str = "runs/fmnist"
-    steps: int = 20000
-    batch_size: int = 64                # global batch (all ranks together)
-    lr: float = 2e-4
-    warmup: int = 200
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
-    flips: bool = False
-    objective: str = "vlb"              # vlb | simple
-    time_sampler: str = "importance"    # importance | uniform (discrete); continuous uses low-discrepancy
-    seed: int = 0
-    eval_every: int = 1000
-    eval_n: int = 500
-    ckpt_every: int = 500
-    ckpt_minutes: float = 10.0
-    amp: bool = False                   # bf16 autocast (GPU only)
-    lr_decay_to: float = 1.0            # cosine decay to lr * lr_decay_to at `steps`
+from ddpm_codec.training.config import OBJECTIVES, PIXEL_GROUPS_RECIPE, TrainConfig  # noqa: E402,F401
 
 
 class LossModule(nn.Module):
-    """Wraps the model so DistributedDataParallel sees one forward per step."""
+    """Wraps the model so DistributedDataParallel sees one forward per step;
+    the one place the objective picks the loss.  Returns (reported bits/dim,
+    surrogate, times, per-sample term), per image."""
 
-    def __init__(self, model: DiffusionModel, objective: str):
+    def __init__(self, model: DiffusionModel, objective: str, group_index: torch.Tensor | None = None):
         super().__init__()
-        self.model, self.objective = model, objective
+        self.model, self.objective, self.group_index = model, objective, group_index
 
-    def forward(self, x, times, weights, eps, eps0):
+    def forward(self, x, times, weights, eps, eps0, target=None):
+        if self.objective == "pixel_groups":
+            # each image's drawn group (p ~ size), averaged over its dims: unbiased for the sum per dim
+            bpd = groups.group_loss(self.model, x, self.group_index, target, times.float(), eps)
+            return bpd.detach(), bpd, times, bpd.detach()
         return training_loss(self.model, x, times, weights, eps, eps0, self.objective)
+
+
+def initial_model(cfg: TrainConfig, model_config: dict | None = None) -> tuple[DiffusionModel, str | None]:
+    """(model to train, fingerprint of `cfg.base` or None): a fresh model from its
+    config, the base model itself, or for "pixel_groups" the base's conditional
+    net with the schedule frozen (the chain stays the base's)."""
+    if cfg.objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, not {cfg.objective!r}")
+    if cfg.base is None:
+        if cfg.objective == "pixel_groups":
+            raise ValueError("objective 'pixel_groups' fine-tunes a base model: set base")
+        return DiffusionModel.from_config(model_config or get_config(cfg.model)), None
+    if model_config is not None:
+        raise ValueError("give a base model or a model config, not both")
+    model, meta = load_model(cfg.base)
+    if cfg.objective == "pixel_groups":
+        if not model.schedule.continuous:
+            raise ValueError(f"pixel groups need a continuous-time base model; {cfg.base} has a discrete schedule")
+        model = groups.conditional_from(model)
+        for p in model.schedule.parameters():
+            p.requires_grad_(False)
+    return model.train(), meta["fingerprint"]
 
 
 def _optim_to_tensors(opt: torch.optim.Optimizer):
@@ -78,12 +92,12 @@ def _optim_to_tensors(opt: torch.optim.Optimizer):
     return tensors, sd["param_groups"]
 
 
-def _optim_from_tensors(opt, tensors, groups):
+def _optim_from_tensors(opt, tensors, param_groups):
     state = {}
     for key, v in tensors.items():
         _, idx, k = key.split(".", 2)
         state.setdefault(int(idx), {})[k] = v
-    opt.load_state_dict({"state": state, "param_groups": groups})
+    opt.load_state_dict({"state": state, "param_groups": param_groups})
 
 
 class Trainer:
@@ -98,12 +112,21 @@ class Trainer:
             from ddpm_codec.data.datasets import DataError
             raise DataError(f"{len(train_data)} training images, fewer than the global batch {cfg.batch_size}")
         torch.manual_seed(cfg.seed)
-        self.model = DiffusionModel.from_config(model_config or get_config(cfg.model)).to(self.device)
+        model, self.base_fingerprint = initial_model(cfg, model_config)
+        self.model = model.to(self.device)
         self.ema = EMA(self.model, cfg.ema_decay)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.sampler = make_sampler(self.model.schedule, cfg.time_sampler, self.gen)
-        self.loss = dist.wrap(LossModule(self.model, cfg.objective), self.device)
+        self.group_index, self.group_sizes = None, None
+        if cfg.objective == "pixel_groups":
+            h, w = train_data.shape[-2:]
+            self.group_index = torch.from_numpy(pixel_groups.group_index(h, w)).view(1, 1, h, w).to(self.device)
+            self.group_sizes = pixel_groups.group_sizes(h * w)
+        # what the reported figure is (log keys): the -VLB, or the group codec's diffusion bits/dim
+        self.metric, self.eval_key = (("group_bpd", "test_group_bpd") if cfg.objective == "pixel_groups"
+                                      else ("vlb_bpd", "test_vlb_bpd_mc"))
+        self.loss = dist.wrap(LossModule(self.model, cfg.objective, self.group_index), self.device)
         self.train_data, self.test_data = train_data, test_data
         self.step = 0
         self.out = Path(cfg.out)
@@ -118,12 +141,14 @@ class Trainer:
         return perm[k * self.cfg.batch_size:(k + 1) * self.cfg.batch_size]
 
     def _draw(self, b_global, shape):
-        """Times, weights and noise for the global batch (same on every rank)."""
+        """Times, weights, noise, flips and (pixel groups) target groups for the
+        global batch (same on every rank)."""
         times, weights = self.sampler.sample(b_global)
         eps = torch.randn((b_global, *shape), generator=self.gen)
         eps0 = torch.randn((b_global, *shape), generator=self.gen)
         flips = torch.rand(b_global, generator=self.gen) < 0.5
-        return times, weights, eps, eps0, flips
+        target = groups.draw_targets(self.group_sizes, b_global, self.gen) if self.group_sizes else None
+        return times, weights, eps, eps0, flips, target
 
     def _lr(self, step):
         c = self.cfg
@@ -136,7 +161,7 @@ class Trainer:
         c = self.cfg
         idx = self._global_batch_indices(self.step)
         shape = self.train_data.shape[1:]
-        times, weights, eps, eps0, flips = self._draw(len(idx), shape)
+        times, weights, eps, eps0, flips, target = self._draw(len(idx), shape)
         lo, hi = dist.slice_bounds(len(idx), self.rank, self.world)
         x = torch.from_numpy(self.train_data[idx[lo:hi]])
         x = pixels_to_model(x)
@@ -149,7 +174,8 @@ class Trainer:
             g["lr"] = self._lr(self.step)
         self.model.train()
         with dist.autocast(self.device, c.amp):
-            vlb, surrogate, t_used, term = self.loss(x.to(self.device), sl(times), sl(weights), sl(eps), sl(eps0))
+            vlb, surrogate, t_used, term = self.loss(x.to(self.device), sl(times), sl(weights), sl(eps), sl(eps0),
+                                                     None if target is None else sl(target))
         # mean over the *global* batch: DDP averages gradients over ranks
         loss = surrogate.float().mean()
         self.opt.zero_grad(set_to_none=True)
@@ -165,7 +191,8 @@ class Trainer:
     # ---- evaluation ---------------------------------------------------
     @torch.no_grad()
     def evaluate(self, n=None, batch=250):
-        """Test -VLB (bits/dim) with the EMA weights and fixed randomness.
+        """Test -VLB (bits/dim) with the EMA weights and fixed randomness; for
+        "pixel_groups" the group diffusion bits/dim (`groups.evaluate`, one batch).
 
         Continuous time: the VDM MC estimate (one t per image; its variance is
         low).  Discrete time: one uniform t per image is far too noisy (the
@@ -177,6 +204,9 @@ class Trainer:
             return None
         n = min(n or self.cfg.eval_n, len(self.test_data))
         model = self.ema.model
+        if self.cfg.objective == "pixel_groups":
+            x = pixels_to_model(torch.from_numpy(np.ascontiguousarray(self.test_data[:n])))
+            return groups.evaluate(model, x.to(self.device), self.group_index, self.group_sizes)
         if not model.schedule.continuous:
             times = model.schedule.chain(model.schedule.T)
             dims = int(np.prod(self.test_data.shape[1:]))
@@ -210,18 +240,19 @@ class Trainer:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
+        base = {"base_fingerprint": self.base_fingerprint} if self.base_fingerprint else {}
         save_model(self.ema.model, tmp / "model", {"ema": True, "step": self.step, "train": asdict(self.cfg),
-                                                  "note": "weights are the EMA of training weights"})
+                                                  "note": "weights are the EMA of training weights", **base})
         save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
                   str(tmp / "raw.safetensors"))
-        otensors, groups = _optim_to_tensors(self.opt)
+        otensors, param_groups = _optim_to_tensors(self.opt)
         otensors["rng.torch"] = self.gen.get_state()
         otensors["rng.global"] = torch.get_rng_state()          # dropout draws from the global generator
         if self.device.type == "cuda":
             otensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         save_file(otensors, str(tmp / "optim.safetensors"))
-        state = {"step": self.step, "param_groups": groups, "sampler": self.sampler.state_dict(),
-                 "train": asdict(self.cfg), "world_size": self.world}
+        state = {"step": self.step, "param_groups": param_groups, "sampler": self.sampler.state_dict(),
+                 "train": asdict(self.cfg), "world_size": self.world, **base}
         (tmp / "state.json").write_text(json.dumps(state))
         last, old = self.out / "last", self.out / "last.old"
         if old.exists() and not last.exists():      # a save was killed between its renames
@@ -249,6 +280,14 @@ class Trainer:
             return False
         try:
             state = json.loads((cand / "state.json").read_text())
+        except Exception as e:  # noqa: BLE001 - any damage is reported the same way
+            raise CheckpointError(f"training checkpoint {cand} is damaged: {e}")
+        if state.get("base_fingerprint") != self.base_fingerprint:
+            theirs, ours = state.get("base_fingerprint"), self.base_fingerprint
+            raise CheckpointError(f"training checkpoint {cand} started from "
+                                  f"{f'base model {theirs[:16]}' if theirs else 'a fresh model'}, this run from "
+                                  f"{f'base model {ours[:16]}' if ours else 'a fresh model'}")
+        try:
             raw = load_file(str(cand / "raw.safetensors"))
             otensors = load_file(str(cand / "optim.safetensors"))
             ema = load_file(str(cand / "model.safetensors"))
@@ -268,6 +307,12 @@ class Trainer:
         self.step = int(state["step"])
         return True
 
+    def describe(self, ev: float) -> str:
+        n = min(self.cfg.eval_n, len(self.test_data))
+        if self.metric == "group_bpd":
+            return f"test group diffusion {ev:.4f} bits/dim (EMA, {n} images, fixed times and noise)"
+        return f"test -VLB {ev:.4f} bits/dim (MC estimate, EMA, {n} images, D = C*H*W)"
+
     def log(self, rec):
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -286,17 +331,16 @@ class Trainer:
             vlb, gnorm = self.train_step()
             run = vlb if run is None else 0.98 * run + 0.02 * vlb
             bar.update(1)
-            bar.set_postfix(vlb_bpd=f"{run:.3f}")
+            bar.set_postfix({self.metric: f"{run:.3f}"})
             if self.step % 50 == 0:
-                self.log({"step": self.step, "train_vlb_bpd": run, "grad_norm": gnorm,
+                self.log({"step": self.step, f"train_{self.metric}": run, "grad_norm": gnorm,
                           "lr": self._lr(self.step), "elapsed_s": time.time() - t0,
                           "steps_per_s": (self.step - start) / (time.time() - t0)})
             if c.eval_every and self.step % c.eval_every == 0 and self.rank == 0:
                 ev = self.evaluate()
                 if ev is not None:
-                    self.log({"step": self.step, "test_vlb_bpd_mc": ev, "eval_n": c.eval_n, "ema": True})
-                    bar.write(f"step {self.step}: test -VLB {ev:.4f} bits/dim (MC estimate, EMA, "
-                              f"{c.eval_n} images, D = C*H*W)")
+                    self.log({"step": self.step, self.eval_key: ev, "eval_n": c.eval_n, "ema": True})
+                    bar.write(f"step {self.step}: {self.describe(ev)}")
             if self.step % c.ckpt_every == 0 or time.time() - last_ckpt > 60 * c.ckpt_minutes:
                 self.save()
                 last_ckpt = time.time()

@@ -22,12 +22,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from bitsback.ans.codecs import chained, tap
 from bitsback.ans.message import Message
 from bitsback.chains import bitswap
 from bitsback.errors import InsufficientInitialBits
 from bitsback.symbols import pixels as pixel_code
 from ddpm_codec.codec.chain import DiffusionChain
-from ddpm_codec.diffusion import pixel_groups as G
+from ddpm_codec.diffusion import pixel_groups
 from ddpm_codec.diffusion.model import DiffusionModel
 
 F64 = torch.float64
@@ -45,7 +46,7 @@ DIRECT_FACTORS = tuple(2.0 ** ((j - 4) / 4) for j in range(11))
 
 def supports(model: DiffusionModel | None, unit_shape) -> bool:
     """Whether `model` is a pixel-group net for a unit of this (C, H, W) shape."""
-    if model is None or getattr(model.unet.cfg, "cond_channels", 0) != G.COND_CHANNELS:
+    if model is None or getattr(model.unet.cfg, "cond_channels", 0) != pixel_groups.COND_CHANNELS:
         return False
     side = model.unet.cfg.image_size
     return tuple(unit_shape) == (1, side, side)
@@ -64,7 +65,7 @@ class GroupChain(DiffusionChain):
         self.flat = np.flatnonzero(groups.reshape(-1) == k)
         x = torch.from_numpy(pixels.reshape(1, 1, self.h, self.w).astype(np.float64) / 127.5 - 1.0)
         g = torch.from_numpy(groups).view(1, 1, self.h, self.w)
-        self.known, self.target = G.masks(g, torch.tensor([k]))
+        self.known, self.target = pixel_groups.masks(g, torch.tensor([k]))
         self.x = torch.where(self.known, x, torch.zeros_like(x))
 
     def _eps(self, z: np.ndarray, t) -> torch.Tensor:
@@ -72,7 +73,7 @@ class GroupChain(DiffusionChain):
         z_full[torch.from_numpy(self.flat)] = torch.from_numpy(np.asarray(z, np.float64).reshape(-1))
         gam = self.model.gamma(torch.as_tensor(t, dtype=F64))
         alpha = torch.sigmoid(-gam).sqrt()
-        canvas, cond = G.network_input(z_full.view(1, 1, self.h, self.w), self.x, self.known, self.target, alpha)
+        canvas, cond = pixel_groups.network_input(z_full.view(1, 1, self.h, self.w), self.x, self.known, self.target, alpha)
         eps = self.model.eps(canvas, t, cond).to("cpu", F64)
         return eps.reshape(1, -1)[:, torch.from_numpy(self.flat)]
 
@@ -120,16 +121,89 @@ class GroupResult:
         self.network_s = 0.0
 
 
-def _push_direct(msg: Message, x: np.ndarray, chain: GroupChain) -> tuple[Message, int, int]:
-    """(stream, scale index, bits): x pushed under the best of DIRECT_FACTORS."""
-    mean, spread = chain.direct_prediction()
+class DirectCodec:
+    """One group's pixels (1, size) under discretized Gaussians around their
+    known neighbours' mean (`GroupChain.direct_prediction`), scale index j."""
+
+    def __init__(self, chain: GroupChain, j: int):
+        self.mean, spread = chain.direct_prediction()
+        self.scale = chain.direct_scales(j, spread)
+        self.shape = self.mean.shape
+
+    def push(self, msg: Message, x) -> Message:
+        out = msg.copy()
+        pixel_code.push(out, x, self.mean, self.scale)
+        return out
+
+    def pop(self, msg: Message):
+        out = msg.copy()
+        x, _ = pixel_code.pop(out, self.mean, self.scale, self.shape)
+        return out, x
+
+
+class GroupCoding:
+    """The pieces shared by the encoder and the decoder of one unit: its group
+    map, the codec of each group given the groups decoded before it, and the
+    stream codec (`bitsback.ans.codecs.chained`) of a set of choices."""
+
+    def __init__(self, model, times, grid: float, seed: int, encrypt: bool, hw):
+        self.model, self.times, self.grid, self.seed, self.encrypt = model, times, grid, seed, encrypt
+        self.groups = pixel_groups.group_index(*hw)
+        self.K = int(self.groups.max()) + 1
+        self.flat = [np.flatnonzero(self.groups.reshape(-1) == k) for k in range(self.K)]
+
+    def known_pixels(self, before: list) -> np.ndarray:
+        """The (H, W) canvas with the groups decoded so far filled in."""
+        px = np.zeros(self.groups.shape, np.uint8)
+        for k, x in enumerate(before):
+            px.reshape(-1)[self.flat[k]] = np.asarray(x).reshape(-1)
+        return px
+
+    def chain(self, k: int, before: list, grid: float) -> GroupChain:
+        return GroupChain(self.model, self.times, grid, self.groups, k, self.known_pixels(before))
+
+    def codec(self, k: int, before: list, grid: float | None, direct: int | None):
+        """Group k (decode order; the n = K-1-k th coded) as a codec:
+        Bit-Swap on `grid`, or directly with scale index `direct`."""
+        if direct is not None:
+            return DirectCodec(self.chain(k, before, self.grid), direct)
+        return bitswap.Codec(self.chain(k, before, grid), (1, self.flat[k].size),
+                             seed=self.seed + self.K - 1 - k, encrypt=self.encrypt)
+
+    def stream_codec(self, coarse: dict, direct: dict, progress=None):
+        """All groups, from the header's choices ({n: grid}, {n: scale index});
+        ``progress(pixels)`` hears of each group coded."""
+        def make(k, before):
+            n = self.K - 1 - k
+            codec = self.codec(k, before, coarse.get(n, self.grid), direct.get(n))
+            return codec if progress is None else tap(codec, lambda x: progress(x.size))
+        return chained(make, self.K)
+
+
+def _best_direct(coding: GroupCoding, k: int, before: list, msg: Message, x):
+    """(message, scale index) of group k's smallest direct code."""
     best = None
     for j in range(len(DIRECT_FACTORS)):
-        m = msg.copy()
-        pixel_code.push(m, x, mean, chain.direct_scales(j, spread))
+        m = coding.codec(k, before, None, j).push(msg, x)
         if best is None or m.num_bits() < best[0].num_bits():
             best = (m, j)
-    return best[0], best[1], best[0].num_bits() - msg.num_bits()
+    return best
+
+
+def _chained(coding: GroupCoding, k: int, before: list, msg: Message, x, first: bool, res: GroupResult):
+    """(message, stats, grid) of group k by Bit-Swap on the finest grid the stack
+    funds, or None (never for the first group coded: nothing to pop yet)."""
+    if first:
+        return None
+    for g in (coding.grid, *[c for c in COARSE_GRIDS if c > coding.grid]):
+        codec = coding.codec(k, before, g, None)
+        try:
+            return codec.push(msg, x), codec.stats, g
+        except InsufficientInitialBits:
+            continue
+        finally:
+            res.network_s += codec.chain.network_seconds
+    return None
 
 
 def encode(unit: np.ndarray, model: DiffusionModel, times, grid: float, seed: int, encrypt: bool,
@@ -137,39 +211,29 @@ def encode(unit: np.ndarray, model: DiffusionModel, times, grid: float, seed: in
     """Code a (1, H, W) uint8 unit; the groups in reverse decode order.  Each
     group takes the cheaper of its chain (on the finest grid the stack funds)
     and its direct code; one the stack cannot fund even on the coarsest grid
-    (the first one always) is coded directly."""
+    (the first one always) is coded directly.  Every push is that of the codec
+    `GroupCoding.stream_codec` builds from the choices, so `decode` is its pop."""
     pixels = unit.reshape(unit.shape[-2:])
-    groups = G.group_index(*pixels.shape)
-    K = int(groups.max()) + 1
-    res = GroupResult()
-    msg = Message.empty()
-    for n, k in enumerate(range(K - 1, -1, -1)):
-        x = pixels.reshape(1, -1)[:, np.flatnonzero(groups.reshape(-1) == k)]
-        chained = None
-        for g in (grid, *[c for c in COARSE_GRIDS if c > grid]) if n else ():
-            c = GroupChain(model, times, g, groups, k, pixels)
-            try:
-                chained = (*bitswap.encode(x, c, msg, seed=seed + n, encrypt=encrypt,
-                                           initial=np.zeros(0, np.uint32)), g)
-            except InsufficientInitialBits:
-                continue
-            finally:
-                res.network_s += c.network_seconds
-            break
-        direct, j, bits = _push_direct(msg, x, GroupChain(model, times, grid, groups, k, pixels))
-        if chained is not None and chained[0].num_bits() <= direct.num_bits():
-            new, st, g = chained
+    coding = GroupCoding(model, times, grid, seed, encrypt, pixels.shape)
+    xs = [pixels.reshape(1, -1)[:, f] for f in coding.flat]
+    res, msg = GroupResult(), Message.empty()
+    for n, k in enumerate(range(coding.K - 1, -1, -1)):
+        before = xs[:k]
+        chained_code = _chained(coding, k, before, msg, xs[k], n == 0, res)
+        direct, j = _best_direct(coding, k, before, msg, xs[k])
+        if chained_code is not None and chained_code[0].num_bits() <= direct.num_bits():
+            new, st, g = chained_code
             if g != grid:
                 res.coarse.append([n, g])
             res.ideal_net_bits += st.ideal_net_bits
         else:
             new = direct
             res.direct.append([n, j])
-            res.direct_bits += bits
-            res.ideal_net_bits += bits
+            res.direct_bits += direct.num_bits() - msg.num_bits()
+            res.ideal_net_bits += direct.num_bits() - msg.num_bits()
         msg = new
         if progress:
-            progress(1)
+            progress(xs[k].size)
     res.words = msg.words()
     return res
 
@@ -201,27 +265,13 @@ def read_group_codes(packed, n_groups: int, grids) -> tuple[dict, dict]:
 
 def decode(words: np.ndarray, model: DiffusionModel, times, grid: float, seed: int, encrypt: bool,
            shape, coarse: dict, direct: dict, progress=None) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of `encode`: (unit (1, H, W) uint8, the words left: none in a sound stream)."""
-    h, w = shape[-2:]
-    groups = G.group_index(h, w)
-    K = int(groups.max()) + 1
-    pixels = np.zeros((h, w), np.uint8)
-    msg = Message.from_words(words)
-    for k in range(K):
-        n = K - 1 - k
-        flat = np.flatnonzero(groups.reshape(-1) == k)
-        c = GroupChain(model, times, coarse.get(n, grid), groups, k, pixels)
-        if n in direct:
-            mean, spread = c.direct_prediction()
-            x, _ = pixel_code.pop(msg, mean, c.direct_scales(direct[n], spread), (1, flat.size))
-        else:
-            x, msg = bitswap.decode(msg, c, (1, flat.size), seed=seed + n, encrypt=encrypt, expect_initial=None)
-        pixels.reshape(-1)[flat] = x.reshape(-1)
-        if progress:
-            progress(1)
-    return pixels.reshape(1, h, w), msg.words()
+    """The pop of the stream codec of the header's choices: (unit (1, H, W)
+    uint8, the words left: none in a sound stream)."""
+    coding = GroupCoding(model, times, grid, seed, encrypt, shape[-2:])
+    msg, xs = coding.stream_codec(coarse, direct, progress).pop(Message.from_words(words))
+    return coding.known_pixels(xs).reshape(1, *shape[-2:]), msg.words()
 
 
 def count(unit_shape) -> int:
-    return len(G.group_sizes(int(np.prod(unit_shape[-2:]))))
+    return len(pixel_groups.group_sizes(int(np.prod(unit_shape[-2:]))))
 
