@@ -19,11 +19,9 @@ Per-step stats: step 0 is the push of x, step k the pop/push of z_k.
 
 from bitsback.ans import initial as initial_bits
 from bitsback.chains.chain import Timed, bin_width, validate
-from bitsback.chains.stats import Accountant, Stats
+from bitsback.chains.entry import run_encoder, start_run
 from bitsback.symbols import gaussian, pixels
 from bitsback.symbols.coding import (
-    check_pixels,
-    encode_with_restarts,
     mismatch_guard,
     model_units,
     needed_bits,
@@ -37,18 +35,11 @@ AUTO_FACTOR = 1.1
 def encode(x, chain, message=None, *, seed: int = 0, encrypt: bool = True,
            initial="auto", initial_seed=None):
     """Code uint8 images ``x`` (N, ...); return (Message, Stats). As bitswap.encode."""
-    x = check_pixels(x)
-    validate(chain)
-    iseed = seed if initial_seed is None else initial_seed
-    return encode_with_restarts(
-        lambda extra: _encode(x, chain, message, seed, encrypt, initial, iseed, extra), initial)
+    return run_encoder(_encode, x, chain, message, seed, encrypt, initial, initial_seed)
 
 
 def _encode(x, chain, message, seed, encrypt, initial, iseed, extra):
-    K, call, shape = chain.num_latents, Timed(chain), x.shape
-    stats = Stats("bbans", bool(encrypt), shape[0], x[0].size)
-    acc = Accountant(stats, shape)
-    xf = model_units(x)
+    K, call, shape, stats, acc, xf = start_run("bbans", x, chain, encrypt)
     ds = [bin_width(chain, k) for k in range(1, K + 1)]
     mean, scale = call("topdown_posterior", K, None, xf)
     need = AUTO_FACTOR * K * needed_bits(scale, ds[K - 1], shape) + extra

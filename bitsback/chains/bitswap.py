@@ -37,11 +37,9 @@ import numpy as np
 
 from bitsback.ans import initial as initial_bits
 from bitsback.chains.chain import Timed, bin_width, validate
-from bitsback.chains.stats import Accountant, Stats
+from bitsback.chains.entry import run_encoder, start_run
 from bitsback.symbols import gaussian, pixels
 from bitsback.symbols.coding import (
-    check_pixels,
-    encode_with_restarts,
     mismatch_guard,
     model_units,
     needed_bits,
@@ -61,18 +59,11 @@ def encode(x, chain, message=None, *, seed: int = 0, encrypt: bool = True,
     ``seed``). Raises InsufficientInitialBits when a caller-chosen amount is
     too small for some pop.
     """
-    x = check_pixels(x)
-    validate(chain)
-    iseed = seed if initial_seed is None else initial_seed
-    return encode_with_restarts(
-        lambda extra: _encode(x, chain, message, seed, encrypt, initial, iseed, extra), initial)
+    return run_encoder(_encode, x, chain, message, seed, encrypt, initial, initial_seed)
 
 
 def _encode(x, chain, message, seed, encrypt, initial, iseed, extra):
-    K, call, shape = chain.num_latents, Timed(chain), x.shape
-    stats = Stats("bitswap", bool(encrypt), shape[0], x[0].size)
-    acc = Accountant(stats, shape)
-    xf = model_units(x)
+    K, call, shape, stats, acc, xf = start_run("bitswap", x, chain, encrypt)
     d = bin_width(chain, 1)
     mean, scale = call("posterior", 1, xf)
     msg, stats.added_initial_words = initial_bits.build(
