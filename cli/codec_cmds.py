@@ -58,8 +58,12 @@ def _safe_name(name: str, used: dict) -> str:
                    "large image funds its own chain (auto: a stream of fewer than 8 planes tries tiles of "
                    "that size, of twice it and whole planes, and keeps the smallest; always: tiles of that "
                    "size; never: whole planes)")
+@click.option("--classical", type=click.Choice(["auto", "never"]), default="auto", show_default=True,
+              help="lossless: auto stores an image (or tile) with its best classical code where that is "
+                   "smaller than its estimated chain code; never codes every one the chain can fund by the "
+                   "chain (to measure the chain)")
 @click.option("--force", is_flag=True, help="overwrite OUT if it exists")
-def compress(inputs, out, model_path, steps, lossy, bpd, stop_at, no_encrypt, grid, tiles, force):
+def compress(inputs, out, model_path, steps, lossy, bpd, stop_at, no_encrypt, grid, tiles, classical, force):
     """Compress images into one .ddpmc stream (lossless by default)."""
     from tqdm import tqdm
 
@@ -85,7 +89,7 @@ def compress(inputs, out, model_path, steps, lossy, bpd, stop_at, no_encrypt, gr
         # one bar for the whole job, in pixels over every layout the encoder tries
         with tqdm(total=codec.work(images, tiles), desc="compress", unit="px", unit_scale=True) as bar:
             data, rep = codec.compress(images, steps=steps, encrypt=not no_encrypt, progress=bar.update,
-                                       grid=grid, tiles=tiles)
+                                       grid=grid, tiles=tiles, classical=classical)
     atomic_write_bytes(out, data, force=force)
     dims = sum(im.pixels.size for im in images)
     click.echo(f"{out}: {len(images)} image(s), {len(data)} bytes, {8 * len(data) / dims:.4f} bits/dim "

@@ -24,6 +24,7 @@ from ddpm_codec.io.checkpoint import CheckpointError, load_companion, load_model
 
 DEFAULT_STEPS = 100
 MODES_BY_CHANNELS = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+CLASSICAL_CHOICES = ("auto", "never")
 
 
 def _record(im, k) -> ImageRecord:
@@ -92,15 +93,20 @@ class Codec:
         return _count_units(recs, self.model.channels, tile_options(recs, self.model, tiles)[0])
 
     # ---- lossless ----------------------------------------------------
-    def compress(self, images, steps=None, encrypt=True, progress=None, grid=None, tiles="auto"):
+    def compress(self, images, steps=None, encrypt=True, progress=None, grid=None, tiles="auto", classical="auto"):
         """``grid``: latent bin width / noise scale (default ``coding_chain.DEFAULT_GRID``);
         ``tiles``: "auto", "always" or "never" cut images larger than the model's
-        training size into tiles of that size (``lossless.choose_tile``)."""
+        training size into tiles of that size (``lossless.choose_tile``);
+        ``classical``: "auto" stores a unit classically where that is smaller than
+        its estimated chain code, "never" codes every unit the chain can fund by it."""
+        if classical not in CLASSICAL_CHOICES:
+            raise container.CodecError(f"classical must be one of {CLASSICAL_CHOICES}; got {classical!r}")
         recs = [_record(im, k) for k, im in enumerate(images)]
         kw = {} if grid is None else {"grid_fraction": grid}
         with torch.no_grad():
             return lossless_encode(recs, self.model, self.fingerprint, steps=self._steps(steps),
-                                   encrypt=encrypt, progress=progress, tiles=tiles, groups_model=self.groups, **kw)
+                                   encrypt=encrypt, progress=progress, tiles=tiles, groups_model=self.groups,
+                                   classical_choice=classical == "auto", **kw)
 
     def decode_work(self, data: bytes) -> int:
         """Pixels the lossless decoder reports through ``progress`` (a bar's total)."""

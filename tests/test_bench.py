@@ -26,7 +26,7 @@ def test_bench_records_add_up(tiny_path, fmnist_idx, fmnist_images, tmp_path):
     for r in rec["records"]:
         assert r["exact_roundtrip"] and r["dims"] == 6 * 784 and r["n_images"] == 6
         # the same stream again (encoding is deterministic): its size is the file figure
-        data, rep = lossless.encode(recs, model, meta["fingerprint"], steps=r["t_eval"])
+        data, rep = lossless.encode(recs, model, meta["fingerprint"], steps=r["t_eval"], classical_choice=False)
         assert r["file_bpd"] == pytest.approx(8 * len(data) / (6 * 784), rel=1e-12)
         assert r["seed_images"] == rep.seed_units and r["seed_bits"] == rep.seed_bits
         assert r["net_bpd"] == pytest.approx(rep.net_bits / rep.chain_dims, rel=1e-12)

@@ -264,7 +264,7 @@ def test_grid_option_round_trips_and_is_recorded(tmp_path, model):
         Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(tmp_path / f"i{k}.png")
     ins = [tmp_path / f"i{k}.png" for k in range(3)]
     out = tmp_path / "g.ddpmc"
-    ok(run("compress", *ins, "-o", out, "--model", model, "--steps", 2, "--grid", 0.5))
+    ok(run("compress", *ins, "-o", out, "--model", model, "--steps", 2, "--grid", 0.5, "--classical", "never"))
     assert container.parse(out.read_bytes()).header["grid_fraction"] == 0.5    # the default is left out
     ok(run("decompress", out, "-o", tmp_path / "dec", "--model", model))
     for p in ins:
@@ -280,7 +280,7 @@ def test_tiles_option_round_trips_and_is_recorded(tmp_path, model):
     Image.fromarray(img).save(tmp_path / "big.png")
     for mode, tiled in (("always", True), ("never", False)):
         out = tmp_path / f"{mode}.ddpmc"
-        ok(run("compress", tmp_path / "big.png", "-o", out, "--model", model, "--steps", 2, "--tiles", mode))
+        ok(run("compress", tmp_path / "big.png", "-o", out, "--model", model, "--steps", 2, "--tiles", mode, "--classical", "never"))
         assert ("tile" in container.parse(out.read_bytes()).header) == tiled
         ok(run("decompress", out, "-o", tmp_path / mode, "--model", model))
         assert np.array_equal(np.asarray(Image.open(tmp_path / mode / "big.png")), img)

@@ -62,10 +62,10 @@ def test_tiled_and_whole_streams_round_trip(tiny):
     img = rng.integers(0, 256, (side + 9, 2 * side + 3, 3), dtype=np.uint8)
     small = rng.integers(0, 256, (5, 7, 1), dtype=np.uint8)
     images = [ImageRecord(pixels=img, name="big.png", mode="RGB"), ImageRecord(pixels=small, name="small.png", mode="L")]
-    tiled, rep = lossless.encode(images, model, fp, steps=3, tiles="always")
+    tiled, rep = lossless.encode(images, model, fp, steps=3, tiles="always", classical_choice=False)
     assert rep.tile == side and rep.units == 3 * 2 * 3 + 1
     assert container.parse(tiled).header["tile"] == side
-    whole, rep_w = lossless.encode(images, model, fp, steps=3, tiles="never")
+    whole, rep_w = lossless.encode(images, model, fp, steps=3, tiles="never", classical_choice=False)
     assert rep_w.tile == 0 and rep_w.units == 4 and "tile" not in container.parse(whole).header
     for data in (tiled, whole):
         out = lossless.decode(data, model, fp)
@@ -73,7 +73,7 @@ def test_tiled_and_whole_streams_round_trip(tiny):
         assert np.array_equal(out[0].pixels, img) and np.array_equal(out[1].pixels, small)
     # 4 planes < 8: auto tries 28-pixel tiles, 56-pixel tiles (59 > 56) and whole planes
     assert lossless.tile_options(images, model) == [side, 2 * side, 0]
-    auto, rep_a = lossless.encode(images, model, fp, steps=3)
+    auto, rep_a = lossless.encode(images, model, fp, steps=3, classical_choice=False)
     assert len(auto) <= min(len(tiled), len(whole)) and rep_a.rejected_bytes >= len(auto)
     assert rep_a.tile in (side, 2 * side, 0) and (auto == tiled) == (rep_a.tile == side)
     assert [np.array_equal(o.pixels, i.pixels) for o, i in zip(lossless.decode(auto, model, fp), images)] == [1, 1]
@@ -83,8 +83,10 @@ def test_images_within_one_tile_are_not_tiled(tiny):
     model, fp = tiny
     img = np.random.default_rng(2).integers(0, 256, (28, 20, 1), dtype=np.uint8)
     assert lossless.tile_options([ImageRecord(pixels=img, name="a", mode="L")], model, "always") == [0]
-    a, _ = lossless.encode([ImageRecord(pixels=img, name="a", mode="L")] * 2, model, fp, steps=2, tiles="always")
-    b, _ = lossless.encode([ImageRecord(pixels=img, name="a", mode="L")] * 2, model, fp, steps=2, tiles="never")
+    a, _ = lossless.encode([ImageRecord(pixels=img, name="a", mode="L")] * 2, model, fp, steps=2, tiles="always",
+                           classical_choice=False)
+    b, _ = lossless.encode([ImageRecord(pixels=img, name="a", mode="L")] * 2, model, fp, steps=2, tiles="never",
+                           classical_choice=False)
     assert a == b
 
 
@@ -104,7 +106,7 @@ def test_whole_plane_limit_and_tiled_limit(tiny):
     model, fp = tiny
     big = ImageRecord(pixels=np.zeros((300, 300, 1), np.uint8), name="big.png", mode="L")     # > 2^16 pixels
     with pytest.raises(container.CodecError, match="as one plane"):
-        lossless.encode([big], model, fp, steps=2, tiles="never")
+        lossless.encode([big], model, fp, steps=2, tiles="never", classical_choice=False)
     assert lossless.tile_options([big], model) == [28]                        # auto must tile it
 
 
@@ -113,7 +115,7 @@ def test_hostile_tile_field_is_refused(tiny):
     build millions of units: a clean StreamError before any allocation."""
     model, fp = tiny
     img = ImageRecord(pixels=np.zeros((60, 60, 1), np.uint8), name="a.png", mode="L")
-    data, _ = lossless.encode([img], model, fp, steps=2, tiles="always")
+    data, _ = lossless.encode([img], model, fp, steps=2, tiles="always", classical_choice=False)
     c = container.parse(data)
     for tile, geom in ((1, [4000, 4000]), (0, [400, 400])):
         h = dict(c.header)
@@ -132,10 +134,10 @@ def test_one_large_image_funds_its_own_chain(fmnist_images):
     tiles = fmnist_images[:9, 0]
     img = np.ascontiguousarray(tiles.reshape(3, 3, 28, 28).transpose(0, 2, 1, 3).reshape(84, 84))[:, :, None]
     rec = [ImageRecord(pixels=img, name="mosaic.png", mode="L")]
-    tiled, rep = lossless.encode(rec, model, meta["fingerprint"], steps=25, tiles="always")
-    whole, rep_w = lossless.encode(rec, model, meta["fingerprint"], steps=25, tiles="never")
+    tiled, rep = lossless.encode(rec, model, meta["fingerprint"], steps=25, tiles="always", classical_choice=False)
+    whole, rep_w = lossless.encode(rec, model, meta["fingerprint"], steps=25, tiles="never", classical_choice=False)
     assert rep.units == 9 and rep.seed_units == 1 and rep_w.units == 1
     assert len(tiled) < 0.95 * len(whole)
     assert np.array_equal(lossless.decode(tiled, model, meta["fingerprint"])[0].pixels, img)
-    auto, _ = lossless.encode(rec, model, meta["fingerprint"], steps=25)
+    auto, _ = lossless.encode(rec, model, meta["fingerprint"], steps=25, classical_choice=False)
     assert auto == tiled

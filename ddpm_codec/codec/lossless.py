@@ -139,9 +139,6 @@ MIN_GRID, MAX_GRID = 0.05, 2.0   # main grid fractions the encoder accepts
 
 GROUP_STEPS = 100     # T_eval a pixel-group stream leaves out of its header (the default model's)
 TILE_CHOICES = ("auto", "always", "never")
-# Store a unit classically when its classical code is smaller than its estimated
-# chain code (`estimate.classical_units`)
-CHOOSE_CLASSICAL = False
 # "auto": a stream with this many whole-plane units or more keeps whole planes; a
 # smaller one (one image, say) tries every layout below and keeps the smallest stream.
 # Why: a stream of a few units pays a whole unit's classical seed (~1 bit/dim over the
@@ -201,7 +198,7 @@ def work(images, model, tiles="auto", seed_mode="classical", groups_model=None) 
 def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, steps: int = 100,
            grid_fraction: float = DEFAULT_GRID, encrypt: bool = True, max_group: int = 64,
            progress=None, seed_mode: str = "classical", tiles: str = "auto",
-           groups_model=None) -> tuple[bytes, EncodeReport]:
+           groups_model=None, classical_choice: bool = True) -> tuple[bytes, EncodeReport]:
     """seed_mode "classical": the first units are coded with the best classical
     lossless codec and those bits are the initial bits of the first pops (real
     data, not dead weight); as few units as the first group needs, each early
@@ -212,7 +209,10 @@ def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, s
     training size (`tile_options`; "auto" keeps the smaller stream).
     groups_model: (conditional net, fingerprint) of the model's pixel-group
     companion, or None; a stream of one unit of its size is then also tried as
-    pixel groups (`ddpm_codec.codec.pixel_group_codec`) and the smallest stream kept."""
+    pixel groups (`ddpm_codec.codec.pixel_group_codec`) and the smallest stream kept.
+    classical_choice: store a unit classically when its classical code is
+    smaller than its estimated chain code (`estimate.classical_units`); off,
+    every unit the chain can fund goes through it (measurements of the chain)."""
     if seed_mode not in ("classical", "random"):
         raise ValueError("seed_mode must be 'classical' or 'random'")
     if not MIN_GRID <= float(grid_fraction) <= MAX_GRID:
@@ -225,7 +225,7 @@ def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, s
                                               progress))
         else:
             tried.append(_Encoder(images, model, fingerprint, steps, float(grid_fraction), encrypt, max_group, tile,
-                                  progress, kind).run())
+                                  progress, kind, classical_choice).run())
     keep = min(tried, key=lambda r: len(r[0]))
     keep[1].rejected_bytes = min((len(d) for d, _ in tried if d is not keep[0]), default=0)
     return keep
@@ -239,12 +239,13 @@ class _Encoder:
     `stream_codec` pushed over the units."""
 
     def __init__(self, images, model, fingerprint, steps, grid_fraction, encrypt, max_group, tile, progress,
-                 seed_mode):
+                 seed_mode, classical_choice=True):
         if not images:
             raise container.CodecError("nothing to compress: no images given")
         self.images, self.model, self.fingerprint = images, model, fingerprint
         self.steps, self.grid, self.encrypt, self.max_group = steps, grid_fraction, encrypt, max_group
         self.progress, self.seed_mode = progress, SeedMode(seed_mode)
+        self.classical_choice = classical_choice
         self.tile = tile
         self.units = _units(images, model.channels, model.unet.multiple, tile)
         self.checksum = pixel_checksum(images)
@@ -269,7 +270,7 @@ class _Encoder:
         only where the stream has others to fund), the coding order, and the
         message their codes start."""
         chosen = {}
-        if CHOOSE_CLASSICAL and self.seed_mode is SeedMode.CLASSICAL and len(self.units) > 1:
+        if self.classical_choice and self.seed_mode is SeedMode.CLASSICAL and len(self.units) > 1:
             chosen = estimate.classical_units(self.units, self.model, self.times, self.seed)
         self.classical = tuple(sorted(chosen))
         self.seed_codes = [chosen[i] for i in self.classical]

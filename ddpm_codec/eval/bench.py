@@ -35,7 +35,8 @@ def lossless_record(model, fingerprint, images: np.ndarray, steps: int, seed: in
     dims = int(images.size)
     grid = DEFAULT_GRID if grid is None else float(grid)
     t0 = time.perf_counter()
-    data, rep = lossless.encode(recs, model, fingerprint, steps=steps, grid_fraction=grid)
+    data, rep = lossless.encode(recs, model, fingerprint, steps=steps, grid_fraction=grid,
+                                 classical_choice=False)   # the chain's own bits against its -VLB
     t_enc = time.perf_counter() - t0
     t0 = time.perf_counter()
     out = lossless.decode(data, model, fingerprint)

@@ -38,7 +38,8 @@ from ddpm_codec.errors import CodecError
 from ddpm_codec.format import compact, image_table, varint
 
 MAGIC = b"DDPMC"
-VERSION = 3
+VERSION = 4
+READABLE_VERSIONS = (3, 4)   # 4 adds the lossless `classical_units` field; a version 3 stream is one without it
 OLDER_VERSIONS = (1, 2)  # recognised, refused with a clear message
 MODES = {"lossless": 0, "lossy": 1}
 MAX_HEADER = 1 << 16
@@ -134,7 +135,7 @@ def parse(data: bytes, allow_truncated: bool = False) -> Container:
     if len(data) < 17:
         raise StreamError("truncated stream: header incomplete")
     version, mode, flags = data[5], data[6], data[7]
-    if version != VERSION:
+    if version not in READABLE_VERSIONS:
         if version in OLDER_VERSIONS:
             raise StreamError(f"stream format version {version} was written by an older ddpm-codec "
                               f"(this one reads version {VERSION})")

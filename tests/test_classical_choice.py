@@ -1,0 +1,80 @@
+"""Per unit, the cheaper code: a unit whose best classical code is smaller than
+its estimated chain code is stored classically (format version 4)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import random_model
+
+from ddpm_codec.bound.vlb import chain_terms
+from ddpm_codec.codec import classical_seed, estimate, lossless
+from ddpm_codec.codec.units import ImageRecord, to_units
+from ddpm_codec.format import container
+from ddpm_codec.io.checkpoint import fingerprint
+from ddpm_codec.testing.closed_form import closed_form_model
+
+
+def _rec(a, name):
+    return ImageRecord(pixels=np.ascontiguousarray(a.transpose(1, 2, 0)), name=name, mode="L")
+
+
+@pytest.fixture(scope="module")
+def closed_form(fmnist_images):
+    """The exact denoiser of 8 garments: they cost ~3 bits each by the chain; noise costs a fortune."""
+    x = fmnist_images[:8]
+    model = closed_form_model(torch.from_numpy(x.copy()))
+    return model, fingerprint(model), x
+
+
+def test_estimate_tracks_the_exact_vlb(closed_form):
+    model, _, x = closed_form
+    times = model.schedule.chain(20)
+    units = to_units([_rec(a, "a") for a in x], model.channels, model.unet.multiple)
+    est = estimate.chain_bits(units, model, times, seed=1)
+    exact = chain_terms(model, torch.from_numpy(x.copy()), times, torch.Generator().manual_seed(0)).total.numpy()
+    assert abs(est.sum() - exact.sum()) < 0.15 * exact.sum()
+
+
+def test_a_unit_the_model_does_not_know_is_stored_classically(closed_form):
+    model, fp, x = closed_form
+    noise = np.random.default_rng(0).integers(0, 256, (1, 28, 28), dtype=np.uint8)
+    images = [_rec(a, f"g{k}.png") for k, a in enumerate(x)] + [_rec(noise, "noise.png")]
+    data, rep = lossless.encode(images, model, fp, steps=20)
+    header = container.parse(data).header
+    assert header["classical_units"] == [8]
+    assert data[5] == 4
+    out = lossless.decode(data, model, fp)
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(images, out))
+    forced, _ = lossless.encode(images, model, fp, steps=20, classical_choice=False)
+    assert "classical_units" not in container.parse(forced).header
+    assert len(data) < len(forced)
+
+
+def test_a_stream_the_model_cannot_help_is_the_classical_codes_and_a_header():
+    """Never worse than the best classical code per image by more than its framing."""
+    model = random_model("tiny", 0)
+    fp = fingerprint(model)
+    rng = np.random.default_rng(1)
+    images = [_rec(rng.integers(0, 256, (1, 12, 12), dtype=np.uint8), f"n{k}.png") for k in range(5)]
+    data, rep = lossless.encode(images, model, fp, steps=3)
+    c = container.parse(data)
+    assert c.header["classical_units"] == [0, 1, 2, 3, 4] and not c.header.get("groups")
+    best = [classical_seed.classical_best(im.pixels.transpose(2, 0, 1))[1] for im in images]
+    assert len(c.payload) <= sum(len(b) + 2 for b in best) + 3            # varint lengths and word padding
+    out = lossless.decode(data, model, fp)
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(images, out))
+
+
+@pytest.mark.parametrize("bad", [[1, 0], [0, 0], [99], ["a"], [-1]])
+def test_a_bad_classical_unit_list_is_a_stream_error(closed_form, bad):
+    model, fp, x = closed_form
+    noise = np.random.default_rng(0).integers(0, 256, (1, 28, 28), dtype=np.uint8)
+    images = [_rec(a, f"g{k}.png") for k, a in enumerate(x[:3])] + [_rec(noise, "noise.png")]
+    data, _ = lossless.encode(images, model, fp, steps=5)
+    c = container.parse(data)
+    h = json.loads(json.dumps(c.header))
+    h["classical_units"] = bad
+    damaged = container.pack(container.Container("lossless", c.fingerprint, h, c.payload, c.encrypted))
+    with pytest.raises(container.StreamError):
+        lossless.decode(damaged, model, fp)
