@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from .options import model_option, split_option
+
 IMAGE_SUFFIXES = {".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jpg", ".jpeg"}
 
 
@@ -44,7 +46,7 @@ def _safe_name(name: str, used: dict) -> str:
 @click.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--out", default=None, help="output stream (default: INPUT.ddpmc, or images.ddpmc)")
-@click.option("--model", "model_path", default="default", show_default=True)
+@model_option
 @click.option("--steps", default=None, type=int, help="T_eval (default: the model's recommended chain)")
 @click.option("--lossy", is_flag=True, help="progressive lossy stream (DDPM Algorithms 3-4)")
 @click.option("--bpd", default=None, type=float, help="lossy: stop once this many bits/dim are sent")
@@ -64,7 +66,18 @@ def _safe_name(name: str, used: dict) -> str:
                    "chain (to measure the chain)")
 @click.option("--force", is_flag=True, help="overwrite OUT if it exists")
 def compress(inputs, out, model_path, steps, lossy, bpd, stop_at, no_encrypt, grid, tiles, classical, force):
-    """Compress images into one .ddpmc stream (lossless by default)."""
+    """Compress images into one .ddpmc stream (lossless by default).
+
+    INPUTS are image files or folders of images; the stream keeps their names,
+    sizes and modes.
+
+    \b
+    Examples:
+      ddpm-codec compress examples/*.png -o examples.ddpmc
+      ddpm-codec compress examples/fashion_test_0.png   # examples/fashion_test_0.ddpmc
+      ddpm-codec compress examples -o small.ddpmc --steps 25
+      ddpm-codec compress examples --lossy --bpd 1 -o lossy.ddpmc
+    """
     from tqdm import tqdm
 
     from ddpm_codec import api
@@ -87,9 +100,12 @@ def compress(inputs, out, model_path, steps, lossy, bpd, stop_at, no_encrypt, gr
         if bpd is not None or stop_at is not None:
             raise click.UsageError("--bpd and --stop-at apply to --lossy streams")
         # one bar for the whole job, in pixels over every layout the encoder tries
-        with tqdm(total=codec.work(images, tiles), desc="compress", unit="px", unit_scale=True) as bar:
+        with tqdm(total=None, desc="compress", unit="px", unit_scale=True) as bar:
+            def announce(total):
+                bar.total = total
+                bar.refresh()
             data, rep = codec.compress(images, steps=steps, encrypt=not no_encrypt, progress=bar.update,
-                                       grid=grid, tiles=tiles, classical=classical)
+                                       grid=grid, tiles=tiles, classical=classical, announce_total=announce)
     atomic_write_bytes(out, data, force=force)
     dims = sum(im.pixels.size for im in images)
     click.echo(f"{out}: {len(images)} image(s), {len(data)} bytes, {8 * len(data) / dims:.4f} bits/dim "
@@ -99,13 +115,20 @@ def compress(inputs, out, model_path, steps, lossy, bpd, stop_at, no_encrypt, gr
 @click.command()
 @click.argument("stream", type=click.Path(dir_okay=False))
 @click.option("-o", "--out", "out_dir", default=".", show_default=True, help="folder for the images")
-@click.option("--model", "model_path", default="default", show_default=True)
+@model_option
 @click.option("--stop-at", default=None, type=int, help="lossy: decode only down to latent index t")
 @click.option("--max-bytes", default=None, type=int, help="lossy: decode only this prefix of the stream")
 @click.option("--stochastic", is_flag=True, help="lossy: sample x from p(x|z_t) instead of x0_hat")
 @click.option("--force", is_flag=True, help="overwrite existing images")
 def decompress(stream, out_dir, model_path, stop_at, max_bytes, stochastic, force):
-    """Decode a .ddpmc stream back to PNG images."""
+    """Decode a .ddpmc stream back to PNG images.
+
+    \b
+    Examples:
+      ddpm-codec decompress examples.ddpmc -o decoded
+      ddpm-codec decompress lossy.ddpmc -o coarse --max-bytes 300 --force
+      ddpm-codec decompress lossy.ddpmc -o coarse --stop-at 50 --force
+    """
     from tqdm import tqdm
 
     from ddpm_codec import api
@@ -155,19 +178,26 @@ def decompress(stream, out_dir, model_path, stop_at, max_bytes, stochastic, forc
 
 
 @click.command()
-@click.option("--split", default="test", show_default=True)
+@split_option
 @click.option("--data", default="fashion_mnist", show_default=True)
 @click.option("--n", "n", default=100, show_default=True, help="images (one stream)")
 @click.option("--steps", default="10,25,50,100", show_default=True, help="comma-separated T_eval values")
 @click.option("--single", default=0, show_default=True, help="also compress this many images alone each")
-@click.option("--model", "model_path", default="default", show_default=True)
+@model_option
 @click.option("--json", "json_path", default=None)
 @click.option("--markdown", "md_path", default=None, help="write the table here too")
 @click.option("--classical/--no-classical", default=True, show_default=True)
 @click.option("--plot", "plot_path", default=None, help="PNG: bits/dim against T_eval")
 @click.option("--grid", default=None, type=float, help="latent bin width / noise scale (default 0.25)")
 def bench(split, data, n, steps, single, model_path, json_path, md_path, classical, plot_path, grid):
-    """Real bits/dim against -VLB per T_eval, with PNG / WebP / JPEG XL beside."""
+    """Real bits/dim against -VLB per T_eval, with PNG / WebP / JPEG XL beside.
+
+    \b
+    Examples:
+      ddpm-codec bench --n 20 --steps 25,100
+      ddpm-codec bench --n 100 --steps 100 --json bench.json --markdown bench.md
+      ddpm-codec bench --n 10 --steps 100 --single 5 --no-classical
+    """
     import json as _json
 
     import torch

@@ -5,6 +5,8 @@ import json
 
 import click
 
+from .options import RECOMMENDED, model_option, recommended_steps, split_option
+
 
 def _write_json(path, rec):
     from ddpm_codec.io.atomic import atomic_write_bytes
@@ -12,11 +14,11 @@ def _write_json(path, rec):
 
 
 @click.command("rd-curve")
-@click.option("--split", default="test", show_default=True)
+@split_option
 @click.option("--data", default="fashion_mnist", show_default=True, help="dataset name or path")
 @click.option("--n", "n", type=int, default=None, help="first N images of the split (default all)")
-@click.option("--steps", default=1000, show_default=True, help="T_eval: schedule.chain(steps), as for nll")
-@click.option("--model", "model_path", default="default", show_default=True)
+@click.option("--steps", type=int, default=None, help=f"T_eval: schedule.chain(steps), as for nll; {RECOMMENDED}")
+@model_option
 @click.option("--json", "json_path", default=None, help="write the whole curve (every level) here")
 @click.option("--plot", "plot_path", default=None, help="write the figure (PNG) here")
 @click.option("--classical/--no-classical", default=True, show_default=True,
@@ -29,13 +31,22 @@ def _write_json(path, rec):
 @click.option("--points", default=10, show_default=True, help="rows of the printed table")
 def rd_curve(split, data, n, steps, model_path, json_path, plot_path, classical, latents, batch, seed, points):
     """Rate (cumulative bits/dim) against distortion (RMSE [0, 255]) of the
-    progressive lossy code over reverse time: DDPM Table 4 and Fig. 5."""
+    progressive lossy code over reverse time: DDPM Table 4 and Fig. 5.
+
+    \b
+    Examples:
+      ddpm-codec rd-curve --n 10 --no-classical
+      ddpm-codec rd-curve --n 100 --json rd.json --plot rd.png
+      ddpm-codec rd-curve --n 100 --steps 1000 --latents marginal --no-classical
+    """
     from ddpm_codec.data.datasets import load_dataset
     from ddpm_codec.eval.rd_curve import classical_compressai, classical_points, evaluate_rd, format_table
     from ddpm_codec.io.checkpoint import load_model
 
     images = load_dataset(data, split, n=n)
     model, meta = load_model(model_path)
+    if steps is None:
+        steps = recommended_steps(meta, model_path)
     rec = evaluate_rd(model, images, steps, batch=batch, seed=seed, latents=latents)
     rec.update({"model": str(model_path), "model_fingerprint": meta["fingerprint"], "split": split,
                 "data": str(data), "weights": "EMA" if meta.get("ema") else "as saved"})

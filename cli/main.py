@@ -1,8 +1,9 @@
 """`ddpm-codec`: the command line.  Commands parse, call the library, print.
 
 Every error a user can cause (missing data, bad images, damaged streams or
-checkpoints, existing outputs) ends in one line on stderr and exit code 2;
-a bug still shows its traceback, exit code 1.
+checkpoints, existing outputs, and usage errors: a missing argument, an unknown
+option or value) ends in one line `ddpm-codec: error: ...` on stderr and exit
+code 2; a bug still shows its traceback, exit code 1.
 """
 from __future__ import annotations
 
@@ -12,8 +13,27 @@ import click
 
 from . import errors
 
+# `ddpm-codec` alone shows the help (click >= 8.2 raises this UsageError for it)
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _usage_error(e: click.UsageError):
+    """A usage error as one line, like every other user error; exit code 2."""
+    if isinstance(e, _NO_ARGS_IS_HELP):
+        raise e
+    msg = " ".join(e.format_message().split()).rstrip(".") or type(e).__name__
+    hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+    click.echo(f"ddpm-codec: error: {msg}{hint}", err=True)
+    sys.exit(2)
+
 
 class Group(click.Group):
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:                                    # the group's own options: `ddpm-codec --bogus`
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as e:
+            _usage_error(e)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -26,8 +46,8 @@ class Group(click.Group):
                 raise
             click.echo(f"ddpm-codec: error: {e.filename}: {e.strerror or e}", err=True)
             sys.exit(2)
-        except click.UsageError:
-            raise                               # click prints usage, exit 2
+        except click.UsageError as e:          # a command's arguments, an unknown command
+            _usage_error(e)
         except click.ClickException as e:
             click.echo(f"ddpm-codec: error: {e.format_message()}", err=True)
             sys.exit(2)

@@ -10,6 +10,8 @@ import click
 
 from ddpm_codec.training.config import PIXEL_GROUPS_RECIPE, TrainConfig
 
+from .options import MODEL_HELP, RECOMMENDED, model_option, recommended_steps, split_option
+
 
 def _parse_shard(value):
     if value is None:
@@ -119,7 +121,14 @@ def _finish(trainer, export_to=None):
               show_default=True)
 @click.option("--export", default=None, help="also write the final EMA model to this PATH(.safetensors/.json)")
 def train(device, resume, export, **fields):
-    """Train on the full VLB (or L_simple); checkpoints are resumable."""
+    """Train on the full VLB (or L_simple); checkpoints are resumable.
+
+    \b
+    Examples:
+      ddpm-codec train --config tiny-vdm --out runs/tiny --steps 200 --export tiny
+      ddpm-codec train --out runs/fmnist --steps 5000 --lr 4e-4 --lr-decay-to 0.1
+      ddpm-codec train --out runs/fmnist --steps 11000 --lr 2e-4  # resumes runs/fmnist
+    """
     from ddpm_codec.io.checkpoint import save_model
 
     cfg = TrainConfig(**fields)
@@ -132,7 +141,7 @@ def train(device, resume, export, **fields):
 
 @click.command("train-groups")
 @click.option("--base", default=_GROUPS.base, show_default=True,
-              help="the model the companion is fine-tuned from (and coded beside)")
+              help="the model the companion is fine-tuned from (and coded beside); " + MODEL_HELP)
 @_run_options(_GROUPS)
 @click.option("--export", default=None,
               help="then write the companion (EMA) to PATH(.safetensors/.json); beside BASE: BASE_groups")
@@ -140,7 +149,13 @@ def train(device, resume, export, **fields):
               help="with --export: refit the reverse-variance table on the group chains (train images)")
 def train_groups(device, resume, export, refit_variance, **fields):
     """Fine-tune the pixel-group companion of a model (one image alone as pixel
-    groups); the trainer's checkpoints, resume and EMA."""
+    groups); the trainer's checkpoints, resume and EMA.
+
+    \b
+    Examples:
+      ddpm-codec train-groups --out runs/groups --steps 100 --eval-every 0
+      ddpm-codec train-groups --base tiny --out runs/tiny-groups --export tiny_groups
+    """
     from dataclasses import asdict
 
     import torch
@@ -161,11 +176,11 @@ def train_groups(device, resume, export, refit_variance, **fields):
 
 
 @click.command()
-@click.option("--split", default="test", show_default=True)
+@split_option
 @click.option("--data", default="fashion_mnist", show_default=True, help="dataset name or path")
 @click.option("--n", "n", type=int, default=None, help="first N images of the split (default all)")
-@click.option("--steps", default=1000, show_default=True, help="T_eval: latent levels of the chain")
-@click.option("--model", "model_path", default="default", show_default=True)
+@click.option("--steps", type=int, default=None, help=f"T_eval: latent levels of the chain; {RECOMMENDED}")
+@model_option
 @click.option("--json", "json_path", default=None, help="write the full record (per-step terms) here")
 @click.option("--batch", default=100, show_default=True)
 @click.option("--seed", default=0, show_default=True)
@@ -173,12 +188,21 @@ def train_groups(device, resume, export, refit_variance, **fields):
 @click.option("--step-samples", default=0, show_default=True, type=click.IntRange(min=0),
               help="0: every transition; k: an unbiased stratified sample of k transitions per image")
 def nll(split, data, n, steps, model_path, json_path, batch, seed, shard, step_samples):
-    """Negative VLB in bits/dim, every term of the chain (or a stratified sample of its steps)."""
+    """Negative VLB in bits/dim, every term of the chain (or a stratified sample of its steps).
+
+    \b
+    Examples:
+      ddpm-codec nll --n 100
+      ddpm-codec nll --steps 1000 --step-samples 10 --json nll1000.json
+      ddpm-codec nll --shard 0/2 --json s0.json     # then --shard 1/2, then merge
+    """
     from ddpm_codec.data.datasets import load_dataset, shard_bounds
     from ddpm_codec.eval.evaluate import evaluate_nll, format_summary
     from ddpm_codec.io.checkpoint import load_model
 
     model, meta = load_model(model_path)
+    if steps is None:
+        steps = recommended_steps(meta, model_path)
     images = load_dataset(data, split, n=n)
     first = 0
     sh = _parse_shard(shard)
@@ -197,7 +221,12 @@ def nll(split, data, n, steps, model_path, json_path, batch, seed, shard, step_s
 @click.argument("shards", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "json_path", required=True, help="merged record")
 def merge(shards, json_path):
-    """Merge the JSON of `nll --shard` runs into one result."""
+    """Merge the JSON of `nll --shard` runs into one result.
+
+    \b
+    Examples:
+      ddpm-codec merge s0.json s1.json --json nll.json
+    """
     from ddpm_codec.eval.evaluate import format_summary, merge_shards
     recs = [json.loads(Path(p).read_text()) for p in shards]
     try:
@@ -209,16 +238,22 @@ def merge(shards, json_path):
 
 
 @click.command()
-@click.option("--model", "model_path", default="default", show_default=True)
+@model_option
 @click.option("--n", default=8, show_default=True)
-@click.option("--steps", default=1000, show_default=True)
+@click.option("--steps", type=int, default=None, help=f"chain steps; {RECOMMENDED}")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--snapshots", default=8, show_default=True, help="x0_hat frames per sample (DDPM Fig. 6)")
 @click.option("-o", "--out", default="samples.png", show_default=True)
 @click.option("--force", is_flag=True, help="overwrite OUT")
 def sample(model_path, n, steps, seed, snapshots, out, force):
     """Draw samples (Algorithm 2) and write a PNG: one row per sample, the
-    progressive x0_hat estimates left to right, the sample last."""
+    progressive x0_hat estimates left to right, the sample last.
+
+    \b
+    Examples:
+      ddpm-codec sample --n 8 -o samples.png
+      ddpm-codec sample --n 4 --steps 1000 --snapshots 10 --seed 1 -o fig6.png
+    """
     from ddpm_codec.eval.sampling import grid
     from ddpm_codec.eval.sampling import sample as draw
     from ddpm_codec.io.checkpoint import load_model
@@ -226,7 +261,9 @@ def sample(model_path, n, steps, seed, snapshots, out, force):
 
     if os.path.exists(out) and not force:       # refuse before sampling, not after
         raise OutputExistsError(f"{out}: output exists; pass --force to overwrite")
-    model, _ = load_model(model_path)
+    model, meta = load_model(model_path)
+    if steps is None:
+        steps = recommended_steps(meta, model_path)
     _, frames = draw(model, n, steps, seed=seed, snapshots=snapshots)
     img = grid(frames)
     mode = "L" if img.shape[2] == 1 else "RGB"
@@ -240,7 +277,12 @@ def sample(model_path, n, steps, seed, snapshots, out, force):
 @click.option("--recommended-steps", default=100, show_default=True,
               help="T_eval that compress uses by default with this model")
 def export(run_dir, dest, recommended_steps):
-    """Export a training run's EMA weights as a model (safetensors + JSON)."""
+    """Export a training run's EMA weights as a model (safetensors + JSON).
+
+    \b
+    Examples:
+      ddpm-codec export runs/tiny --to tiny --recommended-steps 20
+    """
     from ddpm_codec.io.checkpoint import load_model, save_model
     src = Path(run_dir) / "last" / "model"
     model, meta = load_model(str(src))
@@ -250,19 +292,30 @@ def export(run_dir, dest, recommended_steps):
 
 
 @click.command("fit-chain")
-@click.option("--model", "model_path", default="default", show_default=True)
+@model_option
 @click.option("--to", "dest", required=True, help="PATH for the refitted model (PATH.safetensors + PATH.json)")
 @click.option("--steps", default=100, show_default=True, help="T_eval the times are fitted for")
 @click.option("--data", default="fashion_mnist", show_default=True, help="dataset name or path (train split)")
 @click.option("--n", default=128, show_default=True, help="training images the network error is measured on")
-@click.option("--grid", default=1000, show_default=True, help="candidate times 0, 1/grid, ..., 1")
+@click.option("--time-grid", "time_grid", default=1000, show_default=True, type=click.IntRange(min=1),
+              metavar="N", help="the chain's times are picked from 0, 1/N, ..., 1 (the network error is "
+                                "measured at each)")
+@click.option("--grid", "old_grid", default=None, type=click.IntRange(min=1), hidden=True,
+              help="deprecated spelling of --time-grid")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--variance/--no-variance", default=True, show_default=True,
               help="also the eps-error reverse variance (Analytic-DPM)")
 @click.option("--bins", default=16, show_default=True, type=click.IntRange(1, 256),
               help="eps-error table per this many bins of the predicted x0 (1: one variance per step)")
-def fit_chain(model_path, dest, steps, data, n, grid, seed, variance, bins):
-    """Fit the chain's times (and reverse variance) to the T-step VLB; weights unchanged."""
+@click.pass_context
+def fit_chain(ctx, model_path, dest, steps, data, n, time_grid, old_grid, seed, variance, bins):
+    """Fit the chain's times (and reverse variance) to the T-step VLB; weights unchanged.
+
+    \b
+    Examples:
+      ddpm-codec fit-chain --to fitted --steps 50 --n 32
+      ddpm-codec fit-chain --model tiny --to tiny --steps 20 --time-grid 200
+    """
     import torch
     from tqdm import tqdm
 
@@ -270,6 +323,12 @@ def fit_chain(model_path, dest, steps, data, n, grid, seed, variance, bins):
     from ddpm_codec.data.datasets import load_dataset
     from ddpm_codec.io.checkpoint import load_model, save_model
 
+    if old_grid is not None:
+        if ctx.get_parameter_source("time_grid") is click.core.ParameterSource.COMMANDLINE:
+            raise click.UsageError("--grid is the old spelling of --time-grid; give only --time-grid")
+        click.echo("ddpm-codec: warning: fit-chain --grid is deprecated; use --time-grid", err=True)
+        time_grid = old_grid
+    grid = time_grid
     model, meta = load_model(model_path)
     if not model.schedule.continuous:
         raise click.ClickException("fit-chain: this model has a discrete schedule; its chain is DDPM's own steps")

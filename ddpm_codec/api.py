@@ -80,25 +80,20 @@ class Codec:
             raise container.CodecError(f"--steps must be {bound}; got {steps}")
         return int(steps)
 
-    def work(self, images, tiles="auto") -> int:
-        """Pixels the lossless encoder codes over all the layouts it tries: the
-        total of the progress `compress` reports (``progress(pixels)``)."""
-        from ddpm_codec.codec.lossless import work
-        recs = [_record(im, k) for k, im in enumerate(images)]
-        return work(recs, self.model, tiles, groups_model=self.groups)
-
     def count_units(self, images, tiles="auto") -> int:
         """Planes or tiles the lossless codec will code (a progress bar's total)."""
         recs = [_record(im, k) for k, im in enumerate(images)]
         return _count_units(recs, self.model.channels, tile_options(recs, self.model, tiles)[0])
 
     # ---- lossless ----------------------------------------------------
-    def compress(self, images, steps=None, encrypt=True, progress=None, grid=None, tiles="auto", classical="auto"):
+    def compress(self, images, steps=None, encrypt=True, progress=None, grid=None, tiles="auto", classical="auto",
+                 announce_total=None):
         """``grid``: latent bin width / noise scale (default ``coding_chain.DEFAULT_GRID``);
         ``tiles``: "auto", "always" or "never" cut images larger than the model's
         training size into tiles of that size (``lossless.choose_tile``);
         ``classical``: "auto" stores a unit classically where that is smaller than
-        its estimated chain code, "never" codes every unit the chain can fund by it."""
+        its estimated chain code, "never" codes every unit the chain can fund by it;
+        ``progress(pixels)`` hears of the work done, ``announce_total(pixels)`` of its total."""
         if classical not in CLASSICAL_CHOICES:
             raise container.CodecError(f"classical must be one of {CLASSICAL_CHOICES}; got {classical!r}")
         recs = [_record(im, k) for k, im in enumerate(images)]
@@ -106,7 +101,7 @@ class Codec:
         with torch.no_grad():
             return lossless_encode(recs, self.model, self.fingerprint, steps=self._steps(steps),
                                    encrypt=encrypt, progress=progress, tiles=tiles, groups_model=self.groups,
-                                   classical_choice=classical == "auto", **kw)
+                                   classical_choice=classical == "auto", announce_total=announce_total, **kw)
 
     def decode_work(self, data: bytes) -> int:
         """Pixels the lossless decoder reports through ``progress`` (a bar's total)."""

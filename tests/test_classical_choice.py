@@ -42,12 +42,12 @@ def test_a_unit_the_model_does_not_know_is_stored_classically(closed_form):
     images = [_rec(a, f"g{k}.png") for k, a in enumerate(x)] + [_rec(noise, "noise.png")]
     data, rep = lossless.encode(images, model, fp, steps=20)
     header = container.parse(data).header
-    assert header["classical_units"] == [8]
+    assert header["classical"] == [8]
     assert data[5] == 4
     out = lossless.decode(data, model, fp)
     assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(images, out))
     forced, _ = lossless.encode(images, model, fp, steps=20, classical_choice=False)
-    assert "classical_units" not in container.parse(forced).header
+    assert "classical" not in container.parse(forced).header
     assert len(data) < len(forced)
 
 
@@ -59,7 +59,8 @@ def test_a_stream_the_model_cannot_help_is_the_classical_codes_and_a_header():
     images = [_rec(rng.integers(0, 256, (1, 12, 12), dtype=np.uint8), f"n{k}.png") for k in range(5)]
     data, rep = lossless.encode(images, model, fp, steps=3)
     c = container.parse(data)
-    assert c.header["classical_units"] == [0, 1, 2, 3, 4] and not c.header.get("groups")
+    # all classical: the seed alone, which needs no list of choices in the header
+    assert "classical" not in c.header and not c.header.get("groups") and len(c.header["seed_codecs"]) == 5
     best = [classical_seed.classical_best(im.pixels.transpose(2, 0, 1))[1] for im in images]
     assert len(c.payload) <= sum(len(b) + 2 for b in best) + 3            # varint lengths and word padding
     out = lossless.decode(data, model, fp)
@@ -74,7 +75,29 @@ def test_a_bad_classical_unit_list_is_a_stream_error(closed_form, bad):
     data, _ = lossless.encode(images, model, fp, steps=5)
     c = container.parse(data)
     h = json.loads(json.dumps(c.header))
-    h["classical_units"] = bad
+    h["classical"] = bad
     damaged = container.pack(container.Container("lossless", c.fingerprint, h, c.payload, c.encrypted))
     with pytest.raises(container.StreamError):
         lossless.decode(damaged, model, fp)
+
+
+def test_layout_is_chosen_from_predictions_and_encoded_once():
+    """Noise under a random model: every layout is classical, and one classical
+    code of the whole plane beats four tiles' codes; only that layout is encoded."""
+    from ddpm_codec.codec.lossless import choose_layout, tile_options
+    model = random_model("tiny", 0)
+    fp = fingerprint(model)
+    img = np.random.default_rng(4).integers(0, 256, (60, 60, 1), dtype=np.uint8)
+    rec = [ImageRecord(pixels=img, name="noise.png", mode="L")]
+    layouts = tile_options(rec, model, "auto")
+    assert len(layouts) > 1
+    chosen, costs = choose_layout(rec, model, 3, 0, layouts)
+    assert chosen == [0]
+    assert costs[0].predicted_bits() < min(costs[t].predicted_bits() for t in layouts if t)
+    totals = []
+    data, rep = lossless.encode(rec, model, fp, steps=3, announce_total=totals.append)
+    assert totals == [2 * img.size]           # one layout: its classical code and its PRNG-seeded chain
+    assert container.parse(data).header.get("tile", 0) == 0
+    assert np.array_equal(lossless.decode(data, model, fp)[0].pixels, img)
+    whole_classical = classical_seed.classical_best(img.transpose(2, 0, 1))[1]
+    assert len(container.parse(data).payload) <= len(whole_classical) + 2 + 3

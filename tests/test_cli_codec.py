@@ -287,3 +287,15 @@ def test_tiles_option_round_trips_and_is_recorded(tmp_path, model):
     res = run("compress", tmp_path / "big.png", "-o", tmp_path / "x.ddpmc", "--model", model, "--tiles", "some")
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert not (tmp_path / "x.ddpmc").exists()
+
+
+def test_usage_errors_are_one_line(tmp_path, model):
+    """Issue 21: a missing argument or a wrong option ends in our one line, exit code 2, as any user error."""
+    assert "Usage:" not in fails(run("compress"), "Missing argument 'INPUTS...'")
+    fails(run("decompress"), "Missing argument 'STREAM'")
+    Image.fromarray(np.arange(30, dtype=np.uint8).reshape(5, 6)).save(tmp_path / "a.png")
+    before = digest(tmp_path)
+    fails(run("compress", tmp_path / "a.png", "--model", model, "--steps", 2, "--bpd", 1),
+          "--bpd and --stop-at apply to --lossy streams")
+    fails(run("compress", tmp_path / "a.png", "--model", model, "--classical", "always"), "--classical")
+    assert digest(tmp_path) == before

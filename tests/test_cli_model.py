@@ -144,3 +144,61 @@ def test_train_on_too_few_images_is_a_one_line_error(tmp_path, fmnist_images):
     lines = res.stderr.strip().splitlines()
     assert lines[-1].startswith("ddpm-codec: error: ") and "fewer than the global batch" in lines[-1]
     assert "Traceback" not in res.output
+
+
+# ---- issue 21, item 6: defaults a new user can run on a CPU ---------------------------
+def _fails(res, fragment):
+    assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("ddpm-codec: error: ") and fragment in lines[0], res.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def recommends_3(tmp_path_factory):
+    """The tiny model again, its JSON recommending a 3-step chain."""
+    path = tmp_path_factory.mktemp("rec") / "tiny3"
+    save_model(random_model("tiny", 0, scale=0.02), path, {"ema": True, "recommended_steps": 3})
+    return path
+
+
+def test_nll_rd_curve_and_sample_default_to_the_recommended_chain(recommends_3, fmnist_idx, tmp_path):
+    run("nll", "--model", recommends_3, "--data", fmnist_idx, "--n", 2, "--json", tmp_path / "nll.json")
+    assert len(json.loads((tmp_path / "nll.json").read_text())["times"]) == 3
+    run("rd-curve", "--model", recommends_3, "--data", fmnist_idx, "--n", 2, "--no-classical",
+        "--json", tmp_path / "rd.json")
+    assert json.loads((tmp_path / "rd.json").read_text())["steps"] == 3
+    res = run("sample", "--model", recommends_3, "--n", 1, "--snapshots", 2, "-o", tmp_path / "s.png")
+    assert res.stdout.strip().endswith(", 3 steps")
+    res = run("sample", "--model", recommends_3, "--n", 1, "--snapshots", 2, "--steps", 2, "-o", tmp_path / "t.png")
+    assert res.stdout.strip().endswith(", 2 steps")                 # --steps still wins
+
+
+def test_a_bad_recommended_chain_is_a_one_line_error(tmp_path, fmnist_idx):
+    save_model(random_model("tiny", 0, scale=0.02), tmp_path / "m", {"recommended_steps": 0})
+    _fails(CliRunner().invoke(cli, ["nll", "--model", str(tmp_path / "m"), "--data", str(fmnist_idx), "--n", "1"]),
+           "recommended_steps 0")
+
+
+def test_split_is_checked_even_where_the_data_has_none(tiny_path, fmnist_idx):
+    """One IDX file is every split, so only the option itself can refuse a typo."""
+    res = CliRunner().invoke(cli, ["nll", "--model", str(tiny_path), "--data", str(fmnist_idx), "--n", "1",
+                                   "--steps", "1", "--split", "tset"], prog_name="ddpm-codec")
+    _fails(res, "'tset' is not one of 'train', 'test'")
+    run("nll", "--model", tiny_path, "--data", fmnist_idx, "--n", 1, "--steps", 1, "--split", "train")
+
+
+def test_fit_chain_time_grid_and_its_old_spelling(tmp_path, fmnist_idx):
+    src = tmp_path / "vdm"
+    save_model(random_model("tiny-vdm", 2, scale=0.05), src, {"ema": True, "recommended_steps": 4})
+    common = ["fit-chain", "--model", src, "--steps", 4, "--data", fmnist_idx, "--n", 2]
+    res = run(*common, "--to", tmp_path / "new", "--time-grid", 12)
+    assert "deprecated" not in res.stderr
+    assert load_model(str(tmp_path / "new"))[1]["chain_fit"]["grid"] == 12
+    res = run(*common, "--to", tmp_path / "old", "--grid", 12)            # hidden, still works
+    assert "--grid is deprecated; use --time-grid" in res.stderr
+    assert load_model(str(tmp_path / "old"))[1]["chain_fit"] == load_model(str(tmp_path / "new"))[1]["chain_fit"]
+    res = CliRunner().invoke(cli, [str(a) for a in common] + ["--to", str(tmp_path / "both"), "--grid", "12",
+                                                              "--time-grid", "12"], prog_name="ddpm-codec")
+    _fails(res, "give only --time-grid")
+    assert not (tmp_path / "both.json").exists()

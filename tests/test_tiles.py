@@ -141,3 +141,8 @@ def test_one_large_image_funds_its_own_chain(fmnist_images):
     assert np.array_equal(lossless.decode(tiled, model, meta["fingerprint"])[0].pixels, img)
     auto, _ = lossless.encode(rec, model, meta["fingerprint"], steps=25, classical_choice=False)
     assert auto == tiled
+    # from predicted sizes, encoding only the layout it picks: the same choice
+    predicted, _ = lossless.encode(rec, model, meta["fingerprint"], steps=25)
+    assert container.parse(predicted).header["tile"] == 28
+    assert len(predicted) <= 1.02 * len(tiled)      # a marginal tile may go either way on the estimate
+    assert np.array_equal(lossless.decode(predicted, model, meta["fingerprint"])[0].pixels, img)

@@ -78,7 +78,7 @@ WORK_PER_GROUP = 1024
 # Header fields left out when they hold these values (most streams; ~30 bytes, 0.1% of
 # a 100-image stream). Changing a value here changes the format: bump container.VERSION.
 # The encryption flag lives in the container's flags.
-HEADER_DEFAULTS = {"codec": CODEC, "seed_mode": "classical", "seed_codecs": [], "seed_pick": 0, "classical_units": [],
+HEADER_DEFAULTS = {"codec": CODEC, "seed_mode": "classical", "seed_codecs": [], "seed_pick": 0, "classical": [],
                    "seed_words_omitted": 0, "topups": [], "coarse": [], "groups": [],
                    "grid_fraction": DEFAULT_GRID, "tile": 0}
 
@@ -172,13 +172,15 @@ def tile_options(images: list[ImageRecord], model: DiffusionModel, tiles: str = 
     return [side, *larger, *([0] if whole_ok else [])]
 
 
-def trials(images, model, tiles="auto", seed_mode="classical", groups_model=None) -> list[tuple[int, str]]:
+def trials(images, model, tiles="auto", seed_mode="classical", groups_model=None,
+           layouts=None) -> list[tuple[int, str]]:
     """The whole encodes `encode` makes, as (tile side, kind): kind "classical" or
     "random" (the seed of a unit chain) or "pixel_groups"; the smallest is kept.
     A stream of one unit tries its classical seed, and pixel groups where the
-    companion supports the unit, else a PRNG-seeded chain (rarely smaller)."""
+    companion supports the unit, else a PRNG-seeded chain (rarely smaller).
+    `layouts`: the tile sides to try (default: every `tile_options` one)."""
     out = []
-    for tile in tile_options(images, model, tiles):
+    for tile in tile_options(images, model, tiles) if layouts is None else layouts:
         if seed_mode == "classical" and count_units(images, model.channels, tile) == 1:
             shape = _units(images, model.channels, model.unet.multiple, tile)[0].pixels.shape
             groups_ok = groups_model is not None and pixel_group_codec.supports(groups_model[0], shape)
@@ -188,17 +190,27 @@ def trials(images, model, tiles="auto", seed_mode="classical", groups_model=None
     return out
 
 
-def work(images, model, tiles="auto", seed_mode="classical", groups_model=None) -> int:
-    """Pixels the encoder will code over all its trials (a progress bar's total:
-    `encode` reports its progress in these units)."""
+def work(images, model, planned) -> int:
+    """Pixels the encoder codes over the trials `planned` (its progress total)."""
     return sum(sum(u.pixels.size for u in _units(images, model.channels, model.unet.multiple, tile))
-               for tile, _ in trials(images, model, tiles, seed_mode, groups_model))
+               for tile, _ in planned)
+
+
+def choose_layout(images, model, steps, seed, layouts) -> tuple[list[int], dict]:
+    """Decide between layouts (tile sides) from predicted sizes, so that only one
+    is encoded: ([the chosen side], {side: UnitCosts}).  The prediction is each
+    unit's cheaper code (`estimate.UnitCosts.predicted_bits`)."""
+    times = model.schedule.chain(steps)
+    costs = {t: estimate.UnitCosts(_units(images, model.channels, model.unet.multiple, t), model, times, seed)
+             for t in layouts}
+    best = min(layouts, key=lambda t: costs[t].predicted_bits())
+    return [best], costs
 
 
 def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, steps: int = 100,
            grid_fraction: float = DEFAULT_GRID, encrypt: bool = True, max_group: int = 64,
            progress=None, seed_mode: str = "classical", tiles: str = "auto",
-           groups_model=None, classical_choice: bool = True) -> tuple[bytes, EncodeReport]:
+           groups_model=None, classical_choice: bool = True, announce_total=None) -> tuple[bytes, EncodeReport]:
     """seed_mode "classical": the first units are coded with the best classical
     lossless codec and those bits are the initial bits of the first pops (real
     data, not dead weight); as few units as the first group needs, each early
@@ -211,21 +223,30 @@ def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, s
     companion, or None; a stream of one unit of its size is then also tried as
     pixel groups (`ddpm_codec.codec.pixel_group_codec`) and the smallest stream kept.
     classical_choice: store a unit classically when its classical code is
-    smaller than its estimated chain code (`estimate.classical_units`); off,
-    every unit the chain can fund goes through it (measurements of the chain)."""
+    smaller than its estimated chain code (`estimate.UnitCosts`); off,
+    every unit the chain can fund goes through it (measurements of the chain).
+    With tiles "auto" and more than one layout, the layout is chosen from
+    predicted sizes (`choose_layout`) and only it is encoded.
+    announce_total(pixels): told the progress total once the trials are known."""
     if seed_mode not in ("classical", "random"):
         raise ValueError("seed_mode must be 'classical' or 'random'")
     if not MIN_GRID <= float(grid_fraction) <= MAX_GRID:
         raise container.CodecError(f"grid fraction {grid_fraction} is outside {MIN_GRID}..{MAX_GRID:g} "
                            "(bin width / noise scale)")
+    layouts, costs = tile_options(images, model, tiles), {}
+    if len(layouts) > 1 and classical_choice and seed_mode == "classical":
+        layouts, costs = choose_layout(images, model, steps, _stream_seed(pixel_checksum(images)), layouts)
+    planned = trials(images, model, tiles, seed_mode, groups_model, layouts)
+    if announce_total is not None:
+        announce_total(work(images, model, planned))
     tried = []
-    for tile, kind in trials(images, model, tiles, seed_mode, groups_model):
+    for tile, kind in planned:
         if kind == "pixel_groups":
             tried.append(_encode_pixel_groups(images, *groups_model, steps, float(grid_fraction), encrypt, tile,
                                               progress))
         else:
             tried.append(_Encoder(images, model, fingerprint, steps, float(grid_fraction), encrypt, max_group, tile,
-                                  progress, kind, classical_choice).run())
+                                  progress, kind, classical_choice, costs.get(tile)).run())
     keep = min(tried, key=lambda r: len(r[0]))
     keep[1].rejected_bytes = min((len(d) for d, _ in tried if d is not keep[0]), default=0)
     return keep
@@ -239,13 +260,13 @@ class _Encoder:
     `stream_codec` pushed over the units."""
 
     def __init__(self, images, model, fingerprint, steps, grid_fraction, encrypt, max_group, tile, progress,
-                 seed_mode, classical_choice=True):
+                 seed_mode, classical_choice=True, costs=None):
         if not images:
             raise container.CodecError("nothing to compress: no images given")
         self.images, self.model, self.fingerprint = images, model, fingerprint
         self.steps, self.grid, self.encrypt, self.max_group = steps, grid_fraction, encrypt, max_group
         self.progress, self.seed_mode = progress, SeedMode(seed_mode)
-        self.classical_choice = classical_choice
+        self.classical_choice, self.costs = classical_choice, costs
         self.tile = tile
         self.units = _units(images, model.channels, model.unet.multiple, tile)
         self.checksum = pixel_checksum(images)
@@ -266,12 +287,19 @@ class _Encoder:
                     tuple(steps), self.classical)
 
     def _start(self):
-        """The units stored classically by choice (`estimate.classical_units`:
-        only where the stream has others to fund), the coding order, and the
-        message their codes start."""
+        """The units stored classically by choice (`estimate.UnitCosts`), the
+        coding order, and the message their codes start.  One unit alone that
+        is cheaper classically is stored so at once (no PRNG top-ups tried)."""
         chosen = {}
-        if self.classical_choice and self.seed_mode is SeedMode.CLASSICAL and len(self.units) > 1:
-            chosen = estimate.classical_units(self.units, self.model, self.times, self.seed)
+        if self.classical_choice and self.seed_mode is SeedMode.CLASSICAL:
+            costs = self.costs or estimate.UnitCosts(self.units, self.model, self.times, self.seed)
+            chosen = costs.cheaper_classically()
+        if len(chosen) == len(self.units):     # all classical: the seed alone, no field needed
+            order = _coding_order(self.units)
+            self.classical, self.pick, self.order = (), 0, order
+            self.seed_codes = [chosen[i] for i in order]
+            self._tick(sum(u.pixels.size for u in self.units))
+            return seed_codec(self._plan([]), self.seed).push(Message.empty(), [c for _, c in self.seed_codes])
         self.classical = tuple(sorted(chosen))
         self.seed_codes = [chosen[i] for i in self.classical]
         rest = [i for i in _coding_order(self.units) if i not in chosen]
@@ -332,7 +360,7 @@ class _Encoder:
         self.topup_bits = 0
         msg = self._start()
         steps, stats = [], []
-        seed_words, gi, need_per_unit, pos = 0, 0, None, len(self.classical)
+        seed_words, gi, need_per_unit, pos = 0, 0, None, len(self.seed_codes)
         while pos < len(self.order):
             size = self._group_size(pos, msg, gi, need_per_unit)
             first, step = not steps, Step(pos, size, self.grids[gi])
@@ -393,7 +421,7 @@ class _Encoder:
         payload = words[n_common:].astype("<u4").tobytes()
         p = plan.header_fields()
         header = {"codec": CODEC,
-                  **{k: p[k] for k in ("seed_mode", "seed_codecs", "seed_pick", "groups", "classical_units")},
+                  **{k: p[k] for k in ("seed_mode", "seed_codecs", "seed_pick", "groups", "classical")},
                   "images": [[im.name, im.mode, *map(int, im.pixels.shape)] for im in self.images],
                   "pixels_sha256": self.checksum, "tile": self.tile}
         if plan.steps:      # what the chain's decoder needs (a classical-only stream has no chain)

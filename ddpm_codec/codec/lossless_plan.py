@@ -77,7 +77,7 @@ class Plan:
         h = {"seed_mode": self.seed_mode.value,
              "seed_codecs": [classical_seed.SEED_CODECS.index(c) for c in self.seed_codecs],
              "seed_pick": self.seed_pick, "groups": [s.size for s in self.steps],
-             "classical_units": list(self.classical)}
+             "classical": list(self.classical)}
         if self.steps:
             h["grid_fraction"] = self.grid
             h["coarse"] = [v for n, s in enumerate(self.steps) if s.grid != self.grid
@@ -104,7 +104,7 @@ class Plan:
             raise container.StreamError("corrupt stream: bad seed codec list")
         pick = F(h, "seed_pick", int, 0, classical_seed.PICK_AMONG - 1)
         names = tuple(classical_seed.SEED_CODECS[k] for k in codecs)
-        chosen = F(h, "classical_units", list)
+        chosen = F(h, "classical", list)
         if not all(is_uint(v) for v in chosen) or any(b <= a for a, b in zip(chosen, chosen[1:])) or \
                 len(chosen) > len(names) or (chosen and mode is not SeedMode.CLASSICAL):
             raise container.StreamError("corrupt stream: bad classical unit list")

@@ -39,7 +39,7 @@ from ddpm_codec.format import compact, image_table, varint
 
 MAGIC = b"DDPMC"
 VERSION = 4
-READABLE_VERSIONS = (3, 4)   # 4 adds the lossless `classical_units` field; a version 3 stream is one without it
+READABLE_VERSIONS = (3, 4)   # 4 adds the lossless `classical` field; a version 3 stream is one without it
 OLDER_VERSIONS = (1, 2)  # recognised, refused with a clear message
 MODES = {"lossless": 0, "lossy": 1}
 MAX_HEADER = 1 << 16
