@@ -101,3 +101,27 @@ def test_layout_is_chosen_from_predictions_and_encoded_once():
     assert np.array_equal(lossless.decode(data, model, fp)[0].pixels, img)
     whole_classical = classical_seed.classical_best(img.transpose(2, 0, 1))[1]
     assert len(container.parse(data).payload) <= len(whole_classical) + 2 + 3
+
+
+def test_a_colour_picture_is_stored_whole_not_plane_by_plane():
+    """A one-channel model codes RGB as three planes; a grey picture in RGB
+    (R = G = B) costs one plane's worth as one classical picture."""
+    model = random_model("tiny", 0)
+    fp = fingerprint(model)
+    rng = np.random.default_rng(5)
+    grey = rng.integers(0, 256, (20, 24), dtype=np.uint8)
+    rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    other = rng.integers(0, 256, (8, 8, 1), dtype=np.uint8)
+    images = [ImageRecord(pixels=rgb, name="rgb.png", mode="RGB"), ImageRecord(pixels=other, name="o.png", mode="L")]
+    data, rep = lossless.encode(images, model, fp, steps=3)
+    c = container.parse(data)
+    assert c.header["whole"] == [0]
+    out = lossless.decode(data, model, fp)
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(images, out)) and out[0].mode == "RGB"
+    planes = sum(len(classical_seed.classical_best(rgb[:, :, j][None])[1]) for j in range(3))
+    assert len(c.payload) < 0.6 * planes
+    h = json.loads(json.dumps(c.header))
+    h["whole"] = [1, 0]
+    with pytest.raises(container.StreamError):
+        lossless.decode(container.pack(container.Container("lossless", c.fingerprint, h, c.payload, c.encrypted)),
+                        model, fp)

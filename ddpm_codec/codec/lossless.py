@@ -78,7 +78,7 @@ WORK_PER_GROUP = 1024
 # Header fields left out when they hold these values (most streams; ~30 bytes, 0.1% of
 # a 100-image stream). Changing a value here changes the format: bump container.VERSION.
 # The encryption flag lives in the container's flags.
-HEADER_DEFAULTS = {"codec": CODEC, "seed_mode": "classical", "seed_codecs": [], "seed_pick": 0, "classical": [],
+HEADER_DEFAULTS = {"codec": CODEC, "seed_mode": "classical", "seed_codecs": [], "seed_pick": 0, "classical": [], "whole": [],
                    "seed_words_omitted": 0, "topups": [], "coarse": [], "groups": [],
                    "grid_fraction": DEFAULT_GRID, "tile": 0}
 
@@ -286,14 +286,39 @@ class _Encoder:
         return Plan(self.seed_mode, self.pick, tuple(c for c, _ in self.seed_codes), seed_words, self.grid,
                     tuple(steps), self.classical)
 
+    def _whole_images(self, costs, chosen: dict) -> dict:
+        """Images of several units (colour planes, tiles) that one classical code
+        of the whole picture stores for less than their units' cheaper codes: they
+        become one unit each (`units.to_units(whole=...)`), stored classically.
+        Returns the classical choices re-indexed over the new units."""
+        spent, count = {}, {}
+        for k, u in enumerate(self.units):
+            bits = costs.classical_bits[k] if k in chosen else costs.chain_bits[k]
+            spent[u.image] = spent.get(u.image, 0.0) + bits
+            count[u.image] = count.get(u.image, 0) + 1
+        whole = {}
+        for i, im in enumerate(self.images):
+            if count.get(i, 0) > 1:
+                code = classical_seed.classical_best(np.ascontiguousarray(im.pixels.transpose(2, 0, 1)))
+                if code is not None and 8 * len(code[1]) < spent[i]:
+                    whole[i] = code
+        if not whole:
+            return chosen
+        key = {(u.image, u.plane, u.origin): k for k, u in enumerate(self.units)}
+        self.whole = tuple(sorted(whole))
+        self.units = _units(self.images, self.model.channels, self.model.unet.multiple, self.tile, set(self.whole))
+        return {k: whole[u.image] if u.image in whole else chosen[key[(u.image, u.plane, u.origin)]]
+                for k, u in enumerate(self.units)
+                if u.image in whole or key.get((u.image, u.plane, u.origin)) in chosen}
+
     def _start(self):
         """The units stored classically by choice (`estimate.UnitCosts`), the
         coding order, and the message their codes start.  One unit alone that
         is cheaper classically is stored so at once (no PRNG top-ups tried)."""
-        chosen = {}
+        chosen, self.whole = {}, ()
         if self.classical_choice and self.seed_mode is SeedMode.CLASSICAL:
             costs = self.costs or estimate.UnitCosts(self.units, self.model, self.times, self.seed)
-            chosen = costs.cheaper_classically()
+            chosen = self._whole_images(costs, costs.cheaper_classically())
         if len(chosen) == len(self.units):     # all classical: the seed alone, no field needed
             order = _coding_order(self.units)
             self.classical, self.pick, self.order = (), 0, order
@@ -423,7 +448,7 @@ class _Encoder:
         header = {"codec": CODEC,
                   **{k: p[k] for k in ("seed_mode", "seed_codecs", "seed_pick", "groups", "classical")},
                   "images": [[im.name, im.mode, *map(int, im.pixels.shape)] for im in self.images],
-                  "pixels_sha256": self.checksum, "tile": self.tile}
+                  "pixels_sha256": self.checksum, "tile": self.tile, "whole": list(self.whole)}
         if plan.steps:      # what the chain's decoder needs (a classical-only stream has no chain)
             header.update({
                 "steps": int(self.steps), "times_sha": _times_hash(self.times), "grid_fraction": p["grid_fraction"],
@@ -584,6 +609,14 @@ def _check_header(h: dict, payload_bytes: int) -> Plan:
     return plan
 
 
+def _checked_whole(h: dict, n_images: int) -> set:
+    """The images stored as one classical picture: ascending indices."""
+    whole = container.field(h, "whole", list)
+    if not all(is_uint(v) and v < n_images for v in whole) or any(b <= a for a, b in zip(whole, whole[1:])):
+        raise container.StreamError("corrupt stream: bad whole-image list")
+    return set(whole)
+
+
 def _chain_times(model, h, plan):
     """The chain's times the header asks for (None without chain groups)."""
     if not plan.steps:
@@ -616,7 +649,8 @@ def decode_work(data: bytes, model: DiffusionModel) -> int:
         images = [ImageRecord(pixels=np.zeros((hh, ww, cc), np.uint8), name=name, mode=mode)
                   for name, mode, hh, ww, cc in check_image_list(h, len(c.payload), MAX_TILED_PIXELS)]
         channels = 1 if "pixel_groups" in c.header else model.channels
-        return sum(u.pixels.size for u in _units(images, channels, model.unet.multiple, h["tile"]))
+        whole = _checked_whole(h, len(images))
+        return sum(u.pixels.size for u in _units(images, channels, model.unet.multiple, h["tile"], whole))
     except (container.CodecError, TypeError, ValueError):
         return 0
 
@@ -641,10 +675,13 @@ def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None,
     plan = _check_header(h, len(c.payload))
     times = _chain_times(model, h, plan)
     images = [ImageRecord(pixels=np.zeros((hh, ww, cc), np.uint8), name=name, mode=mode) for name, mode, hh, ww, cc in h["images"]]
+    whole = _checked_whole(h, len(images))
     try:
-        units = _units(images, model.channels, model.unet.multiple, h["tile"])
+        units = _units(images, model.channels, model.unet.multiple, h["tile"], whole)
     except container.CodecError as e:
         raise container.StreamError(f"corrupt stream: {e}")
+    if plan.steps and not {k for k, u in enumerate(units) if u.image in whole} <= set(plan.classical):
+        raise container.StreamError("corrupt stream: a whole-image unit outside the classical ones")
     if plan.seed_pick >= len(units):
         raise container.StreamError("corrupt stream: bad seed pick")
     plan.check_units(len(units))

@@ -72,19 +72,24 @@ def tile_spans(n: int, tile: int, multiple: int) -> list[tuple[int, int]]:
     return [(a, min(b, n - a)) for a, b in zip(starts, sizes)]
 
 
-def count_units(images: list[ImageRecord], channels: int, tile: int = 0) -> int:
+def count_units(images: list[ImageRecord], channels: int, tile: int = 0, whole=frozenset()) -> int:
     """How many units `to_units` makes, without making them."""
     n = 0
-    for im in images:
+    for i, im in enumerate(images):
+        if i in whole:
+            n += 1
+            continue
         h, w, c = im.pixels.shape
         per_plane = -(-h // tile) * -(-w // tile) if tile else 1
         n += per_plane * (c if channels == 1 else 1)
     return n
 
 
-def to_units(images: list[ImageRecord], channels: int, multiple: int, tile: int = 0) -> list[Unit]:
+def to_units(images: list[ImageRecord], channels: int, multiple: int, tile: int = 0,
+             whole=frozenset()) -> list[Unit]:
     """The units of `images`: whole planes, or tiles of side at most about
-    `tile` (`tile_spans`), each padded to `multiple`."""
+    `tile` (`tile_spans`), each padded to `multiple`; an image in `whole` is one
+    unit of all its channels, unpadded (stored classically as one picture)."""
     limit = MAX_TILED_PIXELS if tile else MAX_UNIT_PIXELS
     for im in images:
         h, w, _ = im.pixels.shape
@@ -92,10 +97,13 @@ def to_units(images: list[ImageRecord], channels: int, multiple: int, tile: int 
             raise container.CodecError(f"{im.name}: {w}x{h} is larger than this codec codes "
                                + ("at once" if tile else "as one plane") + f" ({limit} pixels)"
                                + ("" if tile else "; lossless coding can tile it (--tiles always)"))
-    if count_units(images, channels, tile) > MAX_UNITS:
+    if count_units(images, channels, tile, whole) > MAX_UNITS:
         raise container.CodecError(f"too many image planes or tiles in one stream (> {MAX_UNITS})")
     out = []
     for i, im in enumerate(images):
+        if i in whole:
+            out.append(Unit(i, 0, np.ascontiguousarray(im.pixels.transpose(2, 0, 1))))
+            continue
         h, w, _ = im.pixels.shape
         rows = tile_spans(h, tile, multiple) if tile else [(0, h)]
         cols = tile_spans(w, tile, multiple) if tile else [(0, w)]
