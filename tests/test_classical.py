@@ -128,3 +128,14 @@ def test_rmse_and_psnr():
     assert classical.psnr(a, np.full((2, 2), 255, np.uint8)) == pytest.approx(0.0)
     with pytest.raises(ValueError):
         classical.rmse(a, b[:1])
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (8, 8), (16, 24), (30, 41), (300, 17), (64, 128), (48, 64, 3),
+                                   (1000, 1333), (7, 70000)])
+def test_jpegxl_size_header_is_read_before_decoding(shape):
+    if not classical.jpegxl_status()[0]:
+        pytest.skip(classical.jpegxl_status()[1])
+    img = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    data = classical.encode_lossless("jpegxl", img, jxl_effort=1)
+    assert classical.jpegxl_size(data) == (shape[1], shape[0])
+    assert classical.jpegxl_size(b"\x89PNG....") is None

@@ -13,6 +13,7 @@ from functools import lru_cache
 import constriction
 import numpy as np
 
+from bitsback import varint
 from bitsback.errors import BitsBackError
 
 _model = constriction.stream.model
@@ -142,36 +143,20 @@ class Reader:
 
 # ---- framing: concatenate per-step payloads -------------------------------
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def frame(payloads) -> bytes:
     """Concatenate payloads, each prefixed by its byte length as an LEB128 varint."""
-    return b"".join(_varint(len(p)) + bytes(p) for p in payloads)
+    return b"".join(varint.encode(len(p)) + bytes(p) for p in payloads)
 
 
 def unframe(data: bytes) -> list:
     """Inverse of :func:`frame`; RCCError on a truncated or malformed stream."""
     data, pos, out = bytes(data), 0, []
     while pos < len(data):
-        n, shift = 0, 0
-        while True:
-            if pos >= len(data):
-                raise RCCError("stream ends inside a length prefix")
-            byte = data[pos]
-            pos += 1
-            n |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
-            if shift > 63:
-                raise RCCError("length prefix longer than 64 bits")
+        n, after = varint.decode(data, pos)
+        if n is None:
+            raise RCCError("stream ends inside a length prefix" if after >= len(data) or
+                           all(b & 0x80 for b in data[pos:]) else "length prefix longer than 64 bits")
+        pos = after
         if pos + n > len(data):
             raise RCCError(f"frame {len(out)} needs {n} bytes, {len(data) - pos} left")
         out.append(data[pos:pos + n])

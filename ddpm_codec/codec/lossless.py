@@ -116,7 +116,7 @@ class EncodeReport:
         return self.net_bits / max(self.chain_dims, 1)
 
 
-def _stream_seed(checksum: str) -> int:
+def _stream_key(checksum: str) -> int:
     """Keystream and PRNG seed: the pixel checksum's first 63 bits, so the
     header stores it once (as the checksum)."""
     return int.from_bytes(bytes.fromhex(checksum)[:8], "little") >> 1
@@ -235,7 +235,7 @@ def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, s
                            "(bin width / noise scale)")
     layouts, costs = tile_options(images, model, tiles), {}
     if len(layouts) > 1 and classical_choice and seed_mode == "classical":
-        layouts, costs = choose_layout(images, model, steps, _stream_seed(pixel_checksum(images)), layouts)
+        layouts, costs = choose_layout(images, model, steps, _stream_key(pixel_checksum(images)), layouts)
     planned = trials(images, model, tiles, seed_mode, groups_model, layouts)
     if announce_total is not None:
         announce_total(work(images, model, planned))
@@ -270,7 +270,7 @@ class _Encoder:
         self.tile = tile
         self.units = _units(images, model.channels, model.unet.multiple, tile)
         self.checksum = pixel_checksum(images)
-        self.seed = _stream_seed(self.checksum)
+        self.seed = _stream_key(self.checksum)
         self.times = model.schedule.chain(steps)
         self._chains = {}
         # grids a group may fall back to while the stack is small (never for the
@@ -519,7 +519,7 @@ def _encode_pixel_groups(images, gmodel, gfp, steps, grid, encrypt, tile, progre
     t_start = time.perf_counter()
     (unit,) = _units(images, gmodel.channels, gmodel.unet.multiple, tile)
     checksum = pixel_checksum(images)
-    seed = _stream_seed(checksum)
+    seed = _stream_key(checksum)
     times = gmodel.schedule.chain(steps)
     with _torch_threads(1):    # always one thread: batch-1 calls gain little from more, and the header need not say
         res = pixel_group_codec.encode(unit.pixels, gmodel, times, grid, seed, encrypt, progress)
@@ -574,7 +574,7 @@ def _decode_pixel_groups(c, h, gmodel, progress) -> list[ImageRecord]:
         times = gmodel.schedule.chain(steps)
     except ValueError as e:
         raise container.StreamError(f"corrupt stream: its chain does not fit this model ({e})")
-    seed = _stream_seed(checksum)
+    seed = _stream_key(checksum)
     words = np.frombuffer(c.payload, dtype="<u4").astype(np.uint32)
     try:
         with _torch_threads(1):
@@ -691,7 +691,7 @@ def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None,
     work = h.get("steps", 0) * (sum(u.pixels.size for u in units) + WORK_PER_GROUP * len(plan.steps))
     if work > max(MIN_WORK, WORK_PER_PAYLOAD_BIT * 8 * len(c.payload)):
         raise container.StreamError("corrupt stream: the header asks for more decoding work than its payload justifies")
-    seed = _stream_seed(h["pixels_sha256"])
+    seed = _stream_key(h["pixels_sha256"])
     msg = _stream_message(c, h, plan, seed)
     chains = {g: DiffusionChain(model, times, g) for g in {s.grid for s in plan.steps}}
     codec = stream_codec(plan, shapes, chains.__getitem__, seed, c.encrypted, progress)

@@ -143,7 +143,7 @@ def decode(codec: str, data: bytes, channels: int) -> np.ndarray:
     """Decode bytes from any codec here to H x W x `channels` uint8."""
     if codec == "jpegxl":
         import imagecodecs
-        arr = np.asarray(imagecodecs.jpegxl_decode(data))
+        arr = np.asarray(imagecodecs.jpegxl_decode(data, index=0))     # the first frame only
         if arr.ndim == 2:
             arr = arr[:, :, None]
         return arr
@@ -292,3 +292,37 @@ def lossy_bits_per_dim(codec: str, images: np.ndarray, quality: float,
     return CodecResult(codec, layout, n, total, images.size, 8.0 * total / images.size,
                        setting=float(quality), rmse=rmse(images, recon),
                        psnr=psnr(images, recon))
+
+
+_JXL_U32_BITS = (9, 13, 18, 30)
+_JXL_RATIOS = {1: (1, 1), 2: (12, 10), 3: (4, 3), 4: (3, 2), 5: (16, 9), 6: (5, 4), 7: (2, 1)}
+
+
+def jpegxl_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a bare JPEG XL codestream's SizeHeader (ISO/IEC
+    18181-1: signature FF 0A, then LSB-first bits), read before any decoding so
+    that a crafted file cannot make the decoder allocate more than it says;
+    None when `data` is not such a codestream."""
+    if len(data) < 3 or data[:2] != b"\xff\x0a":
+        return None
+    bits = int.from_bytes(data[2:14], "little")
+    pos = 0
+
+    def take(n):
+        nonlocal pos
+        v = (bits >> pos) & ((1 << n) - 1)
+        pos += n
+        return v
+
+    def u32():
+        return take(_JXL_U32_BITS[take(2)]) + 1
+
+    small = take(1)
+    height = (take(5) + 1) * 8 if small else u32()
+    ratio = take(3)
+    if ratio:
+        num, den = _JXL_RATIOS[ratio]
+        width = height * num // den
+    else:
+        width = (take(5) + 1) * 8 if small else u32()
+    return width, height
