@@ -27,19 +27,21 @@ SEED_JXL_EFFORT = 7      # cjxl -e 7: within ~1% of effort 9 on small units, sev
 PICK_AMONG = 16
 
 
-def pick_first_seed(units, order) -> int:
+def pick_first_seed(units, order, code_of=None) -> int:
     """Position in `order` of the unit to code first as the seed: the one with
     the largest classical code among the first PICK_AMONG of the first shape.
 
     Why: the first chain group needs a fixed number of bits in flight (about
     7 bits/dim on the main grid, 3.6 on the coarsest), so one rich seed unit
     often does what two plain ones would, and each seed unit costs its
-    classical code's excess over the model."""
+    classical code's excess over the model.  `code_of(unit index)`: the unit's
+    `classical_best`, where the caller has it already."""
     if len(order) < 2:
         return 0
     shape = units[order[0]].pixels.shape
     cands = [j for j in range(min(PICK_AMONG, len(order))) if units[order[j]].pixels.shape == shape]
-    sizes = [len(classical_best(units[order[j]].pixels)[1]) for j in cands]
+    code_of = code_of or (lambda k: classical_best(units[k].pixels))
+    sizes = [len(code_of(order[j])[1]) for j in cands]
     return cands[int(np.argmax(sizes))]
 
 

@@ -267,6 +267,7 @@ class _Encoder:
         self.steps, self.grid, self.encrypt, self.max_group = steps, grid_fraction, encrypt, max_group
         self.progress, self.seed_mode = progress, SeedMode(seed_mode)
         self.classical_choice, self.costs = classical_choice, costs
+        self._codes = {}
         self.tile = tile
         self.units = _units(images, model.channels, model.unet.multiple, tile)
         self.checksum = pixel_checksum(images)
@@ -285,6 +286,12 @@ class _Encoder:
     def _plan(self, steps, seed_words=0) -> Plan:
         return Plan(self.seed_mode, self.pick, tuple(c for c, _ in self.seed_codes), seed_words, self.grid,
                     tuple(steps), self.classical)
+
+    def code_of(self, k: int):
+        """Unit k's best classical code (computed once per encoder)."""
+        if k not in self._codes:
+            self._codes[k] = classical_seed.classical_best(self.units[k].pixels)
+        return self._codes[k]
 
     def _whole_images(self, costs, chosen: dict) -> dict:
         """Images of several units (colour planes, tiles) that one classical code
@@ -319,6 +326,8 @@ class _Encoder:
         if self.classical_choice and self.seed_mode is SeedMode.CLASSICAL:
             costs = self.costs or estimate.UnitCosts(self.units, self.model, self.times, self.seed)
             chosen = self._whole_images(costs, costs.cheaper_classically())
+            if not self.whole:                 # the units are the costed ones: keep their codes
+                self._codes = dict(enumerate(costs.codes))
         if len(chosen) == len(self.units):     # all classical: the seed alone, no field needed
             order = _coding_order(self.units)
             self.classical, self.pick, self.order = (), 0, order
@@ -328,7 +337,8 @@ class _Encoder:
         self.classical = tuple(sorted(chosen))
         self.seed_codes = [chosen[i] for i in self.classical]
         rest = [i for i in _coding_order(self.units) if i not in chosen]
-        self.pick = classical_seed.pick_first_seed(self.units, rest) if self.seed_mode is SeedMode.CLASSICAL else 0
+        self.pick = classical_seed.pick_first_seed(self.units, rest, self.code_of) \
+            if self.seed_mode is SeedMode.CLASSICAL else 0
         self.order = self._plan([]).order(self.units)
         if not self.seed_codes:
             return Message.empty()
@@ -410,7 +420,7 @@ class _Encoder:
                 if first:
                     # the stack cannot fund the first chain group yet: PRNG words for the
                     # shortfall if they cost clearly less than one more classical unit's excess
-                    code = classical_seed.classical_best(x[0])
+                    code = self.code_of(self.order[pos])
                     tried = self._topped_up(steps, step, msg, x, short.needed_bits, SEED_EXCESS_SHARE * 8 * len(code[1]))
                     if tried is None:
                         msg, pos, gi = self._add_seed_unit(code, x.size), pos + 1, 0
