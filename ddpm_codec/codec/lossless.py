@@ -328,21 +328,20 @@ class _Encoder:
             chosen = self._whole_images(costs, costs.cheaper_classically())
             if not self.whole:                 # the units are the costed ones: keep their codes
                 self._codes = dict(enumerate(costs.codes))
-        if len(chosen) == len(self.units):     # all classical: the seed alone, no field needed
-            order = _coding_order(self.units)
-            self.classical, self.pick, self.order = (), 0, order
-            self.seed_codes = [chosen[i] for i in order]
-            self._tick(sum(u.pixels.size for u in self.units))
-            return seed_codec(self._plan([]), self.seed).push(Message.empty(), [c for _, c in self.seed_codes])
-        self.classical = tuple(sorted(chosen))
-        self.seed_codes = [chosen[i] for i in self.classical]
-        rest = [i for i in _coding_order(self.units) if i not in chosen]
-        self.pick = classical_seed.pick_first_seed(self.units, rest, self.code_of) \
-            if self.seed_mode is SeedMode.CLASSICAL else 0
-        self.order = self._plan([]).order(self.units)
+        if len(chosen) == len(self.units):     # all classical: the seed alone, no list needed
+            self.classical, self.pick = (), 0
+            self.order = _coding_order(self.units)
+            self.seed_codes = [chosen[i] for i in self.order]
+        else:
+            self.classical = tuple(sorted(chosen))
+            self.seed_codes = [chosen[i] for i in self.classical]
+            rest = [i for i in _coding_order(self.units) if i not in chosen]
+            self.pick = classical_seed.pick_first_seed(self.units, rest, self.code_of) \
+                if self.seed_mode is SeedMode.CLASSICAL else 0
+            self.order = self._plan([]).order(self.units)
         if not self.seed_codes:
             return Message.empty()
-        self._tick(sum(self.units[i].pixels.size for i in self.classical))
+        self._tick(sum(self.units[k].pixels.size for k in self.order[:len(self.seed_codes)]))
         return seed_codec(self._plan([]), self.seed).push(Message.empty(), [c for _, c in self.seed_codes])
 
     def _push(self, steps, msg, x):
