@@ -125,3 +125,24 @@ def test_a_colour_picture_is_stored_whole_not_plane_by_plane():
     with pytest.raises(container.StreamError):
         lossless.decode(container.pack(container.Container("lossless", c.fingerprint, h, c.payload, c.encrypted)),
                         model, fp)
+
+
+def test_marginal_units_are_measured_again_before_the_choice(monkeypatch):
+    """Only units between the refine shares get the second, longer estimate, pooled by samples."""
+    calls = []
+
+    def fake_chain_bits(units, model, times, seed, samples=estimate.ESTIMATE_SAMPLES):
+        calls.append((list(units), samples))
+        return np.full(len(units), 2000.0)
+
+    costs = object.__new__(estimate.UnitCosts)
+    costs.classical_bits = np.array([100.0, 850.0, 990.0, 2000.0])
+    costs.chain_bits = np.array([1000.0, 1000.0, 1000.0, 1000.0])    # shares 0.1, 0.85, 0.99, 2.0
+    monkeypatch.setattr(estimate, "chain_bits", fake_chain_bits)
+    costs._refine(["u0", "u1", "u2", "u3"], None, None, 0)
+    assert calls == [(["u1"], estimate.REFINE_SAMPLES)]
+    w = estimate.ESTIMATE_SAMPLES / (estimate.ESTIMATE_SAMPLES + estimate.REFINE_SAMPLES)
+    assert costs.chain_bits[1] == pytest.approx(w * 1000 + (1 - w) * 2000)
+    assert list(costs.chain_bits[[0, 2, 3]]) == [1000.0] * 3
+    costs.codes = [("png", b"x")] * 4
+    assert sorted(costs.cheaper_classically()) == [0, 1]    # unit 1 now well below its pooled chain cost
