@@ -16,9 +16,7 @@ import torch
 
 from ddpm_codec.codec.lossless import decode as lossless_decode
 from ddpm_codec.codec.lossless import encode as lossless_encode
-from ddpm_codec.codec.lossless import tile_options
 from ddpm_codec.codec.units import ImageRecord
-from ddpm_codec.codec.units import count_units as _count_units
 from ddpm_codec.format import container
 from ddpm_codec.io.checkpoint import CheckpointError, load_companion, load_model
 
@@ -79,11 +77,6 @@ class Codec:
             bound = f"between 1 and {T}" if T is not None else "at least 1"
             raise container.CodecError(f"--steps must be {bound}; got {steps}")
         return int(steps)
-
-    def count_units(self, images, tiles="auto") -> int:
-        """Planes or tiles the lossless codec will code (a progress bar's total)."""
-        recs = [_record(im, k) for k, im in enumerate(images)]
-        return _count_units(recs, self.model.channels, tile_options(recs, self.model, tiles)[0])
 
     # ---- lossless ----------------------------------------------------
     def compress(self, images, steps=None, encrypt=True, progress=None, grid=None, tiles="auto", classical="auto",
