@@ -48,7 +48,7 @@ def _safe_name(name: str, used: dict) -> str:
 @click.option("-o", "--out", default=None, help="output stream (default: INPUT.ddpmc, or images.ddpmc)")
 @model_option
 @click.option("--steps", default=None, type=int, help="T_eval (default: the model's recommended chain)")
-@click.option("--lossy", is_flag=True, help="progressive lossy stream (DDPM Algorithms 3-4)")
+@click.option("--lossy", is_flag=True, help="progressive lossy stream (DDPM Algorithms 3-4; float conditionals, not portable yet)")
 @click.option("--bpd", default=None, type=float, help="lossy: stop once this many bits/dim are sent")
 @click.option("--stop-at", default=None, type=int, help="lossy: stop after the chain's latent index t")
 @click.option("--no-encrypt", is_flag=True, help="lossless: switch the keystream XOR off (ablation)")
@@ -64,8 +64,13 @@ def _safe_name(name: str, used: dict) -> str:
               help="lossless: auto stores an image (or tile) with its best classical code where that is "
                    "smaller than its estimated chain code; never codes every one the chain can fund by the "
                    "chain (to measure the chain)")
+@click.option("--float", "float_path", is_flag=True,
+              help="lossless: float conditionals, faster, but the stream decodes only where torch's kernels "
+                   "repeat bit for bit (the same machine, torch and thread count); default: a portable stream "
+                   "that decodes on any machine")
 @click.option("--force", is_flag=True, help="overwrite OUT if it exists")
-def compress(inputs, out, model_path, steps, lossy, bpd, stop_at, no_encrypt, grid, tiles, classical, force):
+def compress(inputs, out, model_path, steps, lossy, bpd, stop_at, no_encrypt, grid, tiles, classical, float_path,
+             force):
     """Compress images into one .ddpmc stream (lossless by default).
 
     INPUTS are image files or folders of images; the stream keeps their names,
@@ -105,7 +110,8 @@ def compress(inputs, out, model_path, steps, lossy, bpd, stop_at, no_encrypt, gr
                 bar.total = total
                 bar.refresh()
             data, rep = codec.compress(images, steps=steps, encrypt=not no_encrypt, progress=bar.update,
-                                       grid=grid, tiles=tiles, classical=classical, announce_total=announce)
+                                       grid=grid, tiles=tiles, classical=classical, announce_total=announce,
+                                       portable=False if float_path else "auto")
     atomic_write_bytes(out, data, force=force)
     dims = sum(im.pixels.size for im in images)
     click.echo(f"{out}: {len(images)} image(s), {len(data)} bytes, {8 * len(data) / dims:.4f} bits/dim "

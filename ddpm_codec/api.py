@@ -16,6 +16,7 @@ import torch
 
 from ddpm_codec.codec.lossless import decode as lossless_decode
 from ddpm_codec.codec.lossless import encode as lossless_encode
+from ddpm_codec.codec.lossless import supports_portable
 from ddpm_codec.codec.units import ImageRecord
 from ddpm_codec.format import container
 from ddpm_codec.io.checkpoint import CheckpointError, load_companion, load_model
@@ -79,13 +80,25 @@ class Codec:
         return int(steps)
 
     # ---- lossless ----------------------------------------------------
+    def portable(self, choice="auto") -> bool:
+        """Whether compress makes portable streams: "auto" when the model (and its
+        companion) can be evaluated exactly, True insisting on it, False never."""
+        can = supports_portable(self.model) and (self.groups is None or supports_portable(self.groups[0]))
+        if choice == "auto":
+            return can
+        if choice and not can:
+            raise container.CodecError("this model has no exact evaluation (it needs a U-Net, the linear-gamma "
+                                       "schedule and the posterior variance): use --float")
+        return bool(choice)
+
     def compress(self, images, steps=None, encrypt=True, progress=None, grid=None, tiles="auto", classical="auto",
-                 announce_total=None):
+                 announce_total=None, portable="auto"):
         """``grid``: latent bin width / noise scale (default ``coding_chain.DEFAULT_GRID``);
         ``tiles``: "auto", "always" or "never" cut images larger than the model's
         training size into tiles of that size (``lossless.choose_tile``);
         ``classical``: "auto" stores a unit classically where that is smaller than
         its estimated chain code, "never" codes every unit the chain can fund by it;
+        ``portable``: exact conditionals that decode on any machine (`portable`);
         ``progress(pixels)`` hears of the work done, ``announce_total(pixels)`` of its total."""
         if classical not in CLASSICAL_CHOICES:
             raise container.CodecError(f"classical must be one of {CLASSICAL_CHOICES}; got {classical!r}")
@@ -94,7 +107,8 @@ class Codec:
         with torch.no_grad():
             return lossless_encode(recs, self.model, self.fingerprint, steps=self._steps(steps),
                                    encrypt=encrypt, progress=progress, tiles=tiles, groups_model=self.groups,
-                                   classical_choice=classical == "auto", announce_total=announce_total, **kw)
+                                   classical_choice=classical == "auto", announce_total=announce_total,
+                                   portable=self.portable(portable), **kw)
 
     def decode_work(self, data: bytes) -> int:
         """Pixels the lossless decoder reports through ``progress`` (a bar's total)."""

@@ -4,9 +4,10 @@ and the decoder gives back the committed pixels.
 A failure here means the stream format changed: bump the format version,
 run `python tests/golden/regenerate.py` deliberately, and say so in the commit.
 
-Until streams are portable (exact integer conditionals), a stream repeats only
-where torch's float kernels do; on a machine other than the one recorded in
-the manifest these checks are expected to fail and are marked xfail there.
+Portable streams (format version 5's default: exact conditionals, issue 18)
+must pass on every machine. A float stream repeats only where torch's float
+kernels do; on a machine other than the one recorded in the manifest its
+checks are expected to fail and are marked xfail there.
 """
 import hashlib
 import json
@@ -35,6 +36,9 @@ def codecs():
 
 @pytest.fixture(autouse=True)
 def _float_kernels_guard(request):
+    case = getattr(request.node, "callspec", None) and request.node.callspec.params.get("case")
+    if isinstance(case, dict) and case["name"] in regenerate.PORTABLE_CASES:
+        return
     if not _environment_matches():
         request.node.add_marker(pytest.mark.xfail(
             reason=f"goldens made on {MANIFEST['made_on']}, here {regenerate.environment()}: "
@@ -98,22 +102,32 @@ def test_goldens_cover_every_stream_kind():
     assert {"lossless", "lossy", "pixel_groups", "tile", "multi", "plain"} <= kinds
 
 
-V3 = sorted((HERE / "v3").glob("*.ddpmc"))
+OLD = sorted((HERE / "v3").glob("*.ddpmc")) + sorted((HERE / "v4").glob("*.ddpmc"))
 
 
-@pytest.mark.parametrize("path", V3, ids=[p.stem for p in V3])
-def test_format_version_3_streams_still_decode(path, codecs):
-    """Version 4 added a field; the streams of version 3 (these files) read as before."""
+def test_portable_goldens_are_portable_streams():
+    from ddpm_codec.format.container import parse
+    for case in CASES:
+        h = parse((HERE / case["stream"]).read_bytes()).header
+        assert bool(h.get("portable")) == (case["name"] in regenerate.PORTABLE_CASES), case["name"]
+        if case["call"] == "compress" and ("times_sha" in h or "pixel_groups" in h):     # a chain was coded
+            assert ("torch" in h or "threads" in h or "determinism" in h) != bool(h.get("portable")), case["name"]
+
+
+@pytest.mark.parametrize("path", OLD, ids=[f"{p.parent.name}/{p.stem}" for p in OLD])
+def test_older_format_versions_still_decode(path, codecs):
+    """Version 4 added a field and version 5 portable streams; the streams of
+    versions 3 and 4 (these files, float streams) read as before."""
     from ddpm_codec.api import Codec
     from ddpm_codec.format.container import parse
     data = path.read_bytes()
-    assert data[5] == 3
+    assert data[5] == int(path.parent.name[1:])
     case = next(c for c in CASES if c["stream"] == path.name)
     codec = codecs.get(case["model"]) or Codec(regenerate.model_path(case["model"]))
     codecs[case["model"]] = codec
     if parse(data).mode == "lossy":
         (rec,) = codec.decompress_lossy(data)
-        np.testing.assert_array_equal(rec.pixels, _pixels(HERE / "v3" / "tiny_lossy.full.0.png"))
+        np.testing.assert_array_equal(rec.pixels, _pixels(path.parent / "tiny_lossy.full.0.png"))
         return
     for rec, src in zip(codec.decompress(data), case["inputs"]):
         np.testing.assert_array_equal(rec.pixels, _pixels(regenerate.ROOT / src))

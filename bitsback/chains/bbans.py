@@ -19,7 +19,7 @@ Per-step stats: step 0 is the push of x, step k the pop/push of z_k.
 
 from bitsback.ans import initial as initial_bits
 from bitsback.chains.chain import Timed, bin_width, validate
-from bitsback.chains.entry import run_encoder, start_run
+from bitsback.chains.entry import exact_tables, run_encoder, start_run
 from bitsback.symbols import gaussian, pixels
 from bitsback.symbols.coding import (
     mismatch_guard,
@@ -39,6 +39,7 @@ def encode(x, chain, message=None, *, seed: int = 0, encrypt: bool = True,
 
 
 def _encode(x, chain, message, seed, encrypt, initial, iseed, extra):
+    ex = exact_tables(chain)
     K, call, shape, stats, acc, xf = start_run("bbans", x, chain, encrypt)
     ds = [bin_width(chain, k) for k in range(1, K + 1)]
     mean, scale = call("topdown_posterior", K, None, xf)
@@ -46,17 +47,17 @@ def _encode(x, chain, message, seed, encrypt, initial, iseed, extra):
     msg, stats.added_initial_words = initial_bits.build(message, initial, need, iseed)
     stats.initial_bits = msg.num_bits()
     idx = [None] * (K + 1)
-    idx[K] = pop_posterior(msg, acc, K, mean, scale, ds[K - 1], shape, seed, encrypt)
+    idx[K] = pop_posterior(msg, acc, K, mean, scale, ds[K - 1], shape, seed, encrypt, ex)
     for k in range(K - 1, 0, -1):
         mean, scale = call("topdown_posterior", k, idx[k + 1] * ds[k], xf)
-        idx[k] = pop_posterior(msg, acc, k, mean, scale, ds[k - 1], shape, seed, encrypt)
+        idx[k] = pop_posterior(msg, acc, k, mean, scale, ds[k - 1], shape, seed, encrypt, ex)
     mean, scale = call("likelihood", idx[1] * ds[0])
-    acc.pushed(0, pixels.push(msg, x, mean, scale))
+    acc.pushed(0, pixels.push(msg, x, mean, scale, ex))
     for k in range(1, K):
         mean, scale = call("prior", k, idx[k + 1] * ds[k])
-        acc.pushed(k, gaussian.push(msg, idx[k], mean, scale, ds[k - 1], escape=True))
+        acc.pushed(k, gaussian.push(msg, idx[k], mean, scale, ds[k - 1], escape=True, exact=ex))
     mean, scale = call("prior", K, None)
-    acc.pushed(K, gaussian.push(msg, idx[K], mean, scale, ds[K - 1], escape=True))
+    acc.pushed(K, gaussian.push(msg, idx[K], mean, scale, ds[K - 1], escape=True, exact=ex))
     acc.finish(msg, call.seconds)
     return msg, stats
 
@@ -70,20 +71,21 @@ def decode(message, chain, shape, *, seed: int = 0, encrypt: bool = True,
 
 
 def _decode(message, chain, shape, seed, encrypt, expect_initial, initial_seed):
+    ex = exact_tables(chain)
     K, call, msg = validate(chain), Timed(chain), message.copy()
     ds = [bin_width(chain, k) for k in range(1, K + 1)]
     idx = [None] * (K + 1)
     mean, scale = call("prior", K, None)
-    idx[K], _ = gaussian.pop(msg, mean, scale, ds[K - 1], escape=True, shape=shape)
+    idx[K], _ = gaussian.pop(msg, mean, scale, ds[K - 1], escape=True, exact=ex, shape=shape)
     for k in range(K - 1, 0, -1):
         mean, scale = call("prior", k, idx[k + 1] * ds[k])
-        idx[k], _ = gaussian.pop(msg, mean, scale, ds[k - 1], escape=True, shape=shape)
+        idx[k], _ = gaussian.pop(msg, mean, scale, ds[k - 1], escape=True, exact=ex, shape=shape)
     mean, scale = call("likelihood", idx[1] * ds[0])
-    x, _ = pixels.pop(msg, mean, scale, shape)
+    x, _ = pixels.pop(msg, mean, scale, shape, ex)
     xf = model_units(x)
     for k in range(1, K + 1):
         z_next = idx[k + 1] * ds[k] if k < K else None
         mean, scale = call("topdown_posterior", k, z_next, xf)
-        push_posterior(msg, k, idx[k], mean, scale, ds[k - 1], seed, encrypt)
+        push_posterior(msg, k, idx[k], mean, scale, ds[k - 1], seed, encrypt, ex)
     initial_bits.check(msg, expect_initial, seed if initial_seed is None else initial_seed)
     return x, msg

@@ -37,7 +37,7 @@ import numpy as np
 
 from bitsback.ans import initial as initial_bits
 from bitsback.chains.chain import Timed, bin_width, validate
-from bitsback.chains.entry import run_encoder, start_run
+from bitsback.chains.entry import exact_tables, run_encoder, start_run
 from bitsback.symbols import gaussian, pixels
 from bitsback.symbols.coding import (
     mismatch_guard,
@@ -63,24 +63,25 @@ def encode(x, chain, message=None, *, seed: int = 0, encrypt: bool = True,
 
 
 def _encode(x, chain, message, seed, encrypt, initial, iseed, extra):
+    ex = exact_tables(chain)
     K, call, shape, stats, acc, xf = start_run("bitswap", x, chain, encrypt)
     d = bin_width(chain, 1)
     mean, scale = call("posterior", 1, xf)
     msg, stats.added_initial_words = initial_bits.build(
         message, initial, AUTO_FACTOR * needed_bits(scale, d, shape) + extra, iseed)
     stats.initial_bits = msg.num_bits()
-    idx = pop_posterior(msg, acc, 1, mean, scale, d, shape, seed, encrypt)
+    idx = pop_posterior(msg, acc, 1, mean, scale, d, shape, seed, encrypt, ex)
     mean, scale = call("likelihood", idx * d)
-    acc.pushed(0, pixels.push(msg, x, mean, scale))
+    acc.pushed(0, pixels.push(msg, x, mean, scale, ex))
     for k in range(2, K + 1):
         dk = bin_width(chain, k)
         mean, scale = call("posterior", k, idx * d)
-        idx_k = pop_posterior(msg, acc, k, mean, scale, dk, shape, seed, encrypt)
+        idx_k = pop_posterior(msg, acc, k, mean, scale, dk, shape, seed, encrypt, ex)
         mean, scale = call("prior", k - 1, idx_k * dk)
-        acc.pushed(k - 1, gaussian.push(msg, idx, mean, scale, d, escape=True))
+        acc.pushed(k - 1, gaussian.push(msg, idx, mean, scale, d, escape=True, exact=ex))
         idx, d = idx_k, dk
     mean, scale = call("prior", K, None)
-    acc.pushed(K, gaussian.push(msg, idx, mean, scale, d, escape=True))
+    acc.pushed(K, gaussian.push(msg, idx, mean, scale, d, escape=True, exact=ex))
     acc.finish(msg, call.seconds)
     return msg, stats
 
@@ -101,21 +102,22 @@ def decode(message, chain, shape, *, seed: int = 0, encrypt: bool = True,
 
 
 def _decode(message, chain, shape, seed, encrypt, expect_initial, initial_seed):
+    ex = exact_tables(chain)
     K, call, msg = validate(chain), Timed(chain), message.copy()
     d = bin_width(chain, K)
     mean, scale = call("prior", K, None)
-    idx, _ = gaussian.pop(msg, mean, scale, d, escape=True, shape=shape)
+    idx, _ = gaussian.pop(msg, mean, scale, d, escape=True, exact=ex, shape=shape)
     for k in range(K, 1, -1):
         dp = bin_width(chain, k - 1)
         mean, scale = call("prior", k - 1, idx * d)
-        idx_p, _ = gaussian.pop(msg, mean, scale, dp, escape=True, shape=shape)
+        idx_p, _ = gaussian.pop(msg, mean, scale, dp, escape=True, exact=ex, shape=shape)
         mean, scale = call("posterior", k, idx_p * dp)
-        push_posterior(msg, k, idx, mean, scale, d, seed, encrypt)
+        push_posterior(msg, k, idx, mean, scale, d, seed, encrypt, ex)
         idx, d = idx_p, dp
     mean, scale = call("likelihood", idx * d)
-    x, _ = pixels.pop(msg, mean, scale, shape)
+    x, _ = pixels.pop(msg, mean, scale, shape, ex)
     mean, scale = call("posterior", 1, model_units(x))
-    push_posterior(msg, 1, idx, mean, scale, d, seed, encrypt)
+    push_posterior(msg, 1, idx, mean, scale, d, seed, encrypt, ex)
     initial_bits.check(msg, expect_initial, seed if initial_seed is None else initial_seed)
     return x, msg
 

@@ -16,6 +16,12 @@ def run_encoder(walk, x, chain, message, seed, encrypt, initial, initial_seed):
         lambda extra: walk(x, chain, message, seed, encrypt, initial, iseed, extra), initial)
 
 
+def exact_tables(chain) -> bool:
+    """Whether the chain asks for the portable symbol tables (``chain.exact``,
+    see :mod:`bitsback.exact`); a chain without the attribute gets the float ones."""
+    return bool(getattr(chain, "exact", False))
+
+
 def start_run(order: str, x, chain, encrypt):
     """(K, timed chain, shape, stats, accountant, x in model units) of one run."""
     stats = Stats(order, bool(encrypt), x.shape[0], x[0].size)

@@ -22,7 +22,7 @@ def check_pixels(x) -> np.ndarray:
     return x
 
 
-def pop_posterior(msg, acc, k, mean, scale, delta, shape, seed, encrypt):
+def pop_posterior(msg, acc, k, mean, scale, delta, shape, seed, encrypt, exact=False):
     """Encoder: check the stack holds enough bits, XOR the bits the pop will
     read with keystream (seed, k), then pop z_k from the truncated window."""
     n = int(np.prod(shape))
@@ -34,7 +34,7 @@ def pop_posterior(msg, acc, k, mean, scale, delta, shape, seed, encrypt):
             need - before, k)
     if encrypt:
         msg.encrypt(seed, k, n)
-    idx, bits = gaussian.pop(msg, mean, scale, delta, escape=False, shape=shape)
+    idx, bits = gaussian.pop(msg, mean, scale, delta, escape=False, shape=shape, exact=exact)
     acc.popped(k, bits, before, msg.num_bits())
     return idx
 
@@ -64,10 +64,10 @@ def encode_with_restarts(encode_once, initial):
             extra += 2.0 * e.needed_bits + 1024.0
 
 
-def push_posterior(msg, k, idx, mean, scale, delta, seed, encrypt):
+def push_posterior(msg, k, idx, mean, scale, delta, seed, encrypt, exact=False):
     """Decoder: push z_k back under the posterior, then undo keystream (seed, k)."""
     try:
-        gaussian.push(msg, idx, mean, scale, delta, escape=False)
+        gaussian.push(msg, idx, mean, scale, delta, escape=False, exact=exact)
     except OutOfWindow as e:
         raise DecodeMismatch(f"latent {k}: {e}; the stream, keystream seed or "
                              "conditionals differ from the encoder's") from e

@@ -43,6 +43,7 @@ escape payload bits) is returned per element for accounting.
 import numpy as np
 from scipy.special import log_ndtr, ndtr
 
+from bitsback import exact as exact_math
 from bitsback.errors import OutOfWindow
 
 LOG2E = 1.4426950408889634
@@ -62,10 +63,24 @@ def log2_mass(a, b):
 MAX_HALF_WIDTH = 1 << 20  # constriction models hold < 2**24 symbols
 
 
-def half_width(scale, delta, escape: bool) -> np.ndarray:
-    """Window half-width in bins (see module docstring)."""
+_LN2 = 0.6931471805599453
+_LN_SQRT_2PI = 0.9189385332046728
+
+
+def _log_lower(r):
+    """A portable lower bound on ln r: (e - 1) ln 2 for r = m 2**e, m in [1/2, 1)
+    (frexp is exact), so the window it gives is never narrower than ln's."""
+    return (np.frexp(r)[1] - 1).astype(np.float64) * _LN2
+
+
+def half_width(scale, delta, escape: bool, exact: bool = False) -> np.ndarray:
+    """Window half-width in bins (see module docstring); ``exact``: from
+    :func:`_log_lower` instead of libm's log, the same on every machine."""
     r = np.asarray(scale, np.float64) / np.asarray(delta, np.float64)
-    radius = np.sqrt(2.0 * np.maximum(_LN_2_24 - np.log(np.sqrt(2 * np.pi) * r), 0.0))
+    if exact:
+        radius = np.sqrt(2.0 * np.maximum(24 * _LN2 - _LN_SQRT_2PI - _log_lower(r), 0.0))
+    else:
+        radius = np.sqrt(2.0 * np.maximum(_LN_2_24 - np.log(np.sqrt(2 * np.pi) * r), 0.0))
     radius = np.clip(radius, 4.0, 6.0) + (2.0 if escape else 0.0)
     h = np.maximum(1, np.ceil(radius * r))
     if np.any(h > MAX_HALF_WIDTH):
@@ -79,7 +94,7 @@ def entropy_bits(scale, delta) -> float:
     return float(np.sum(np.maximum(np.log2(r) + 2.05, 0.0) + 0.05))
 
 
-def _prepare(mean, scale, delta, escape, shape=None):
+def _prepare(mean, scale, delta, escape, shape=None, exact=False):
     mean = np.asarray(mean, np.float64)
     scale, delta = np.asarray(scale, np.float64), np.asarray(delta, np.float64)
     shape = np.broadcast_shapes(mean.shape, scale.shape, delta.shape,
@@ -87,7 +102,7 @@ def _prepare(mean, scale, delta, escape, shape=None):
     if not (np.all(np.isfinite(mean)) and np.all(scale > 0) and np.all(np.isfinite(scale))
             and np.all(delta > 0) and np.all(np.isfinite(delta))):
         raise ValueError("means must be finite, scales and bin widths positive and finite")
-    h_small = half_width(scale, delta, escape)  # before broadcasting: often a scalar
+    h_small = half_width(scale, delta, escape, exact)  # before broadcasting: often a scalar
     r = np.broadcast_to(scale / delta, shape).reshape(-1)
     fc = np.broadcast_to(mean / delta, shape).reshape(-1)
     if fc.size and np.max(np.abs(fc)) > 2.0 ** 52:
@@ -143,10 +158,38 @@ def _pop_escapes(msg, n):
     return out
 
 
-def push(msg, idx, mean, scale, delta, *, escape: bool) -> np.ndarray:
-    """Push grid indices ``idx`` (ints, any shape); return ideal bits per element."""
+def window_probs(frac, r, lo: int, hi: int, tails: bool) -> np.ndarray:
+    """Masses of offsets lo..hi under N(frac, r^2), one row per element, from the
+    portable normal CDF (:func:`bitsback.exact.normal_cdf`): the same doubles on
+    every machine, so constriction's categorical quantization of them is too.
+    ``tails``: the end offsets also take the mass beyond them (escape markers)."""
+    edges = np.arange(lo, hi + 2, dtype=np.float64) - 0.5
+    z = (edges[None, :] - frac[:, None]) / r[:, None]
+    if tails:
+        z[:, 0], z[:, -1] = -np.inf, np.inf
+    cdf = exact_math.normal_cdf(z)
+    return cdf[:, 1:] - cdf[:, :-1]
+
+
+def _push_window(msg, sym, f, rr, lo, hi, escape, exact):
+    if exact:
+        msg.push_categorical(sym - lo, window_probs(f, rr, lo, hi, escape))
+    else:
+        msg.push_gaussian(sym, f, rr, lo, hi)
+
+
+def _pop_window(msg, f, rr, lo, hi, escape, exact):
+    if exact:
+        return msg.pop_categorical(window_probs(f, rr, lo, hi, escape)).astype(np.int64) + lo
+    return msg.pop_gaussian(f, rr, lo, hi).astype(np.int64)
+
+
+def push(msg, idx, mean, scale, delta, *, escape: bool, exact: bool = False) -> np.ndarray:
+    """Push grid indices ``idx`` (ints, any shape); return ideal bits per element.
+    ``exact``: the portable window and tables (format version 5's portable
+    streams) instead of constriction's QuantizedGaussian, whose erf is libm's."""
     idx = np.asarray(idx)
-    shape, centre, frac, r, groups = _prepare(mean, scale, delta, escape, idx.shape)
+    shape, centre, frac, r, groups = _prepare(mean, scale, delta, escape, idx.shape, exact)
     d_all = np.broadcast_to(idx, shape).reshape(-1).astype(np.int64) - centre
     bits = np.empty(d_all.size)
     for h, sel in reversed(groups):
@@ -165,21 +208,21 @@ def push(msg, idx, mean, scale, delta, *, escape: bool) -> np.ndarray:
                 raise OutOfWindow(f"{int(np.sum(np.abs(d) > h))} values outside the "
                                   f"+-{h}-bin window of a posterior (no escape)")
             sym, extra = d, 0.0
-        msg.push_gaussian(sym, f, rr, lo, hi)
+        _push_window(msg, sym, f, rr, lo, hi, escape, exact)
         bits[sel] = _ideal(sym, f, rr, lo, hi, extra)
     return bits.reshape(shape)
 
 
-def pop(msg, mean, scale, delta, *, escape: bool, shape=None):
+def pop(msg, mean, scale, delta, *, escape: bool, shape=None, exact: bool = False):
     """Pop grid indices (of the broadcast shape of the arguments and ``shape``);
     return ``(idx int64 array, ideal bits per element)``."""
-    shape, centre, frac, r, groups = _prepare(mean, scale, delta, escape, shape)
+    shape, centre, frac, r, groups = _prepare(mean, scale, delta, escape, shape, exact)
     d_all = np.empty(centre.size, np.int64)
     bits = np.empty(centre.size)
     for h, sel in groups:
         f, rr = frac[sel], r[sel]
         lo, hi = (-h - 1, h + 1) if escape else (-h, h)
-        sym = msg.pop_gaussian(f, rr, lo, hi).astype(np.int64)
+        sym = _pop_window(msg, f, rr, lo, hi, escape, exact)
         d, extra = sym.copy(), np.zeros(sym.size)
         if escape:
             esc = np.flatnonzero(np.abs(sym) > h)

@@ -18,6 +18,8 @@ Rows are processed in chunks to bound memory.
 import numpy as np
 from scipy.special import ndtr
 
+from bitsback import exact as exact_math
+
 _RADIUS = 8.0
 FLOOR = 2.0 ** -24  # constriction's smallest probability: ideal bits are capped at 24
 _CHUNK = 2048  # rows per table: keeps tables in cache
@@ -34,12 +36,15 @@ def _tables(mean, scale):
     return m, s, w, start
 
 
-def _probs(m, s, w, start):
+def _probs(m, s, w, start, exact=False):
     """Window masses: one tail probability T = ndtr(-|e|) per bin edge e, then
-    differences that never cancel catastrophically."""
+    differences that never cancel catastrophically; ``exact``: differences of
+    the portable normal CDF (:mod:`bitsback.exact`), the same on every machine."""
     v = start[:, None] + np.arange(w + 1)[None, :]  # lower edges of w bins + top edge
     e = np.where(v == 0, -np.inf, np.where(v == 256, np.inf, v - 0.5))
     e = (e - m[:, None]) / s[:, None]
+    if exact:
+        return _exact_probs(e, w, start)
     t = ndtr(-np.abs(e))
     neg = e <= 0
     lo_neg, hi_neg = neg[:, :-1], neg[:, 1:]
@@ -54,12 +59,23 @@ def _probs(m, s, w, start):
     return p
 
 
+def _exact_probs(e, w, start):
+    cdf = exact_math.normal_cdf(e)
+    p = cdf[:, 1:] - cdf[:, :-1]
+    if w < 256:
+        below = np.where(start > 0, cdf[:, 0], 0.0)
+        above = np.where(start + w < 256, 1.0 - cdf[:, -1], 0.0)
+        p = np.concatenate([p, (below + above)[:, None]], axis=1)
+    return p
+
+
 def _chunks(n):
     return [slice(i, min(i + _CHUNK, n)) for i in range(0, n, _CHUNK)]
 
 
-def push(msg, x, mean, scale) -> np.ndarray:
-    """Push uint8 pixels ``x`` (any shape); return ideal bits per pixel."""
+def push(msg, x, mean, scale, exact: bool = False) -> np.ndarray:
+    """Push uint8 pixels ``x`` (any shape); return ideal bits per pixel
+    (``exact``: portable tables, see :func:`_probs`)."""
     x = np.asarray(x)
     shape = x.shape
     mean = np.broadcast_to(np.asarray(mean, np.float64), shape)
@@ -68,7 +84,7 @@ def push(msg, x, mean, scale) -> np.ndarray:
     v = x.reshape(-1).astype(np.int64)
     bits = np.empty(v.size)
     for sl in reversed(_chunks(v.size)):
-        p = _probs(m[sl], s[sl], w, start[sl])
+        p = _probs(m[sl], s[sl], w, start[sl], exact)
         sym = v[sl] - start[sl]
         esc = (sym < 0) | (sym >= w)
         sym = np.where(esc, w, sym)
@@ -79,7 +95,7 @@ def push(msg, x, mean, scale) -> np.ndarray:
     return bits.reshape(shape)
 
 
-def pop(msg, mean, scale, shape=None):
+def pop(msg, mean, scale, shape=None, exact: bool = False):
     """Pop uint8 pixels of the shape of ``mean`` (or ``shape``); return (x, bits)."""
     shape = np.broadcast_shapes(np.shape(mean), np.shape(scale), shape or ())
     mean = np.broadcast_to(np.asarray(mean, np.float64), shape)
@@ -88,7 +104,7 @@ def pop(msg, mean, scale, shape=None):
     out = np.empty(m.size, np.int64)
     bits = np.empty(m.size)
     for sl in _chunks(m.size):
-        p = _probs(m[sl], s[sl], w, start[sl])
+        p = _probs(m[sl], s[sl], w, start[sl], exact)
         sym = msg.pop_categorical(p).astype(np.int64)
         esc = sym >= w
         vals = start[sl] + sym

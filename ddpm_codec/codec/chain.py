@@ -12,12 +12,18 @@ std p(z_k|z_{k+1})).
 Network calls take float64 grid values, run in the model's dtype, and come
 back as float64 means and scales; encoder and decoder make the same calls
 with the same batch, which is what the determinism contract needs.
+
+``exact=True`` (portable streams, format version 5): the network is the
+model's :class:`~ddpm_codec.diffusion.exact_unet.ExactUNet`, the step maths
+:class:`~ddpm_codec.codec.exact_steps.ExactSteps` and the symbol tables
+bitsback's exact ones, so the conditionals are the same on every machine.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from ddpm_codec.codec.exact_steps import ExactSteps
 from ddpm_codec.diffusion import process
 from ddpm_codec.diffusion.model import DiffusionModel
 
@@ -30,9 +36,11 @@ DEFAULT_GRID = 0.25
 
 class DiffusionChain:
     def __init__(self, model: DiffusionModel, times: torch.Tensor, grid_fraction: float = DEFAULT_GRID,
-                 device="cpu"):
+                 device="cpu", exact: bool = False):
         self.model = model
         self.times = times.to(F64)
+        self.exact = bool(exact)
+        self.steps = ExactSteps(model, self.times.tolist()) if self.exact else None
         with torch.no_grad():
             self.gam = model.gamma(self.times).detach()
         self.device = device
@@ -45,6 +53,8 @@ class DiffusionChain:
 
     # ---- fixed scales (no network) ------------------------------------
     def _q_std(self, k):
+        if self.exact:
+            return self.steps.sigma[0] if k == 1 else self.steps.trans_std[k - 1]
         if k == 1:
             return float(torch.sigmoid(self.gam[0]).sqrt())
         return float(process.transition(self.gam[k - 2], self.gam[k - 1])[1].sqrt())
@@ -55,6 +65,8 @@ class DiffusionChain:
         return self.model.reverse_var(self.gam[k - 1], self.gam[k])
 
     def _p_std(self, k):
+        if self.exact:
+            return 1.0 if k == self.num_latents else self.steps.reverse_std_floor(k)
         return float(self._p_var(k).sqrt())
 
     def _net(self, z: np.ndarray, t) -> torch.Tensor:
@@ -68,10 +80,12 @@ class DiffusionChain:
 
     def _eps(self, z: np.ndarray, t) -> torch.Tensor:
         """The network's eps at latent z (float64 on the CPU); subclasses change what it sees."""
-        return self.model.eps(torch.from_numpy(z).to(self.device), t).to("cpu", F64)
+        return self.model.eps(torch.from_numpy(z).to(self.device), t, exact=self.exact).to("cpu", F64)
 
     # ---- the MarkovChain protocol of bitsback --------------------------
     def posterior(self, k, z_prev):
+        if self.exact:
+            return self.steps.posterior(k, np.asarray(z_prev, np.float64))
         z_prev = torch.from_numpy(np.asarray(z_prev, np.float64))
         if k == 1:
             a, s = process.alpha_sigma(self.gam[0])
@@ -83,16 +97,23 @@ class DiffusionChain:
         if k == self.num_latents:
             return np.float64(0.0), np.float64(1.0)
         eps = self._net(z_next, self.times[k])
+        if self.exact:
+            return self.steps.prior(k, np.asarray(z_next, np.float64), eps.numpy())
         z = torch.from_numpy(np.asarray(z_next, np.float64))
         mean, var = self.model.reverse(z, eps, self.gam[k - 1], self.gam[k])
         return mean.numpy(), var.sqrt().expand_as(mean).numpy()
 
     def likelihood(self, z1):
         eps = self._net(z1, self.times[0])
+        if self.exact:
+            return self.steps.likelihood(np.asarray(z1, np.float64), eps.numpy())
         mean, log_scale = process.decoder_params(torch.from_numpy(np.asarray(z1, np.float64)), eps, self.gam[0])
         return mean.numpy(), torch.exp(log_scale).numpy()
 
     def topdown_posterior(self, k, z_next, x):
+        if self.exact:
+            return self.steps.topdown_posterior(k, None if z_next is None else np.asarray(z_next, np.float64),
+                                                np.asarray(x, np.float64))
         x = torch.from_numpy(np.asarray(x, np.float64))
         if k == self.num_latents:
             a, s = process.alpha_sigma(self.gam[-1])

@@ -210,7 +210,8 @@ def choose_layout(images, model, steps, seed, layouts) -> tuple[list[int], dict]
 def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, steps: int = 100,
            grid_fraction: float = DEFAULT_GRID, encrypt: bool = True, max_group: int = 64,
            progress=None, seed_mode: str = "classical", tiles: str = "auto",
-           groups_model=None, classical_choice: bool = True, announce_total=None) -> tuple[bytes, EncodeReport]:
+           groups_model=None, classical_choice: bool = True, announce_total=None,
+           portable: bool = False) -> tuple[bytes, EncodeReport]:
     """seed_mode "classical": the first units are coded with the best classical
     lossless codec and those bits are the initial bits of the first pops (real
     data, not dead weight); as few units as the first group needs, each early
@@ -227,7 +228,9 @@ def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, s
     every unit the chain can fund goes through it (measurements of the chain).
     With tiles "auto" and more than one layout, the layout is chosen from
     predicted sizes (`choose_layout`) and only it is encoded.
-    announce_total(pixels): told the progress total once the trials are known."""
+    announce_total(pixels): told the progress total once the trials are known.
+    portable: exact conditionals (`ddpm_codec.codec.exact_steps`), a stream that
+    decodes on any machine; otherwise float ones, for the machine that wrote it."""
     if seed_mode not in ("classical", "random"):
         raise ValueError("seed_mode must be 'classical' or 'random'")
     if not MIN_GRID <= float(grid_fraction) <= MAX_GRID:
@@ -243,10 +246,10 @@ def encode(images: list[ImageRecord], model: DiffusionModel, fingerprint: str, s
     for tile, kind in planned:
         if kind == "pixel_groups":
             tried.append(_encode_pixel_groups(images, *groups_model, steps, float(grid_fraction), encrypt, tile,
-                                              progress))
+                                              progress, portable))
         else:
             tried.append(_Encoder(images, model, fingerprint, steps, float(grid_fraction), encrypt, max_group, tile,
-                                  progress, kind, classical_choice, costs.get(tile)).run())
+                                  progress, kind, classical_choice, costs.get(tile), portable).run())
     keep = min(tried, key=lambda r: len(r[0]))
     keep[1].rejected_bytes = min((len(d) for d, _ in tried if d is not keep[0]), default=0)
     return keep
@@ -260,13 +263,14 @@ class _Encoder:
     `stream_codec` pushed over the units."""
 
     def __init__(self, images, model, fingerprint, steps, grid_fraction, encrypt, max_group, tile, progress,
-                 seed_mode, classical_choice=True, costs=None):
+                 seed_mode, classical_choice=True, costs=None, exact=False):
         if not images:
             raise container.CodecError("nothing to compress: no images given")
         self.images, self.model, self.fingerprint = images, model, fingerprint
         self.steps, self.grid, self.encrypt, self.max_group = steps, grid_fraction, encrypt, max_group
         self.progress, self.seed_mode = progress, SeedMode(seed_mode)
         self.classical_choice, self.costs = classical_choice, costs
+        self.exact = bool(exact)
         self._codes = {}
         self.tile = tile
         self.units = _units(images, model.channels, model.unet.multiple, tile)
@@ -280,7 +284,7 @@ class _Encoder:
 
     def chain(self, g: float) -> DiffusionChain:
         if g not in self._chains:
-            self._chains[g] = DiffusionChain(self.model, self.times, g)
+            self._chains[g] = DiffusionChain(self.model, self.times, g, exact=self.exact)
         return self._chains[g]
 
     def _plan(self, steps, seed_words=0) -> Plan:
@@ -462,7 +466,8 @@ class _Encoder:
             header.update({
                 "steps": int(self.steps), "times_sha": _times_hash(self.times), "grid_fraction": p["grid_fraction"],
                 "coarse": p["coarse"], "seed_words_omitted": int(n_common), "topups": p["topups"],
-                "torch": torch.__version__, "threads": torch.get_num_threads()})
+                **({"portable": True} if self.exact else
+                   {"torch": torch.__version__, "threads": torch.get_num_threads()})})
             if plan.seed_mode is SeedMode.RANDOM:      # a classical seed's length is what the chain leaves
                 header["seed_words"] = p["seed_words"]
         header = {k: v for k, v in header.items() if k not in HEADER_DEFAULTS or v != HEADER_DEFAULTS[k]}
@@ -521,7 +526,8 @@ def torch_digest() -> str:
     return hashlib.sha256(torch.__version__.encode()).hexdigest()[:4]
 
 
-def _encode_pixel_groups(images, gmodel, gfp, steps, grid, encrypt, tile, progress=None) -> tuple[bytes, EncodeReport]:
+def _encode_pixel_groups(images, gmodel, gfp, steps, grid, encrypt, tile, progress=None,
+                         exact=False) -> tuple[bytes, EncodeReport]:
     """One unit as pixel groups, each given those decoded before it; the
     stream records the conditional net's fingerprint, and its header only what
     the decoder needs (every byte is 0.01 bits/dim of a 28 x 28 image)."""
@@ -531,12 +537,12 @@ def _encode_pixel_groups(images, gmodel, gfp, steps, grid, encrypt, tile, progre
     seed = _stream_key(checksum)
     times = gmodel.schedule.chain(steps)
     with _torch_threads(1):    # always one thread: batch-1 calls gain little from more, and the header need not say
-        res = pixel_group_codec.encode(unit.pixels, gmodel, times, grid, seed, encrypt, progress)
+        res = pixel_group_codec.encode(unit.pixels, gmodel, times, grid, seed, encrypt, progress, exact)
     header = {
         "pixel_groups": pixel_group_codec.group_codes(res, pixel_group_codec.count(unit.pixels.shape), pixel_group_codec.COARSE_GRIDS),
         "images": [[im.name, im.mode, *map(int, im.pixels.shape)] for im in images],
         "pixels_sha256": checksum, "tile": tile, "steps": int(steps), "grid_fraction": grid,
-        "determinism": torch_digest()}
+        **({"portable": True} if exact else {"determinism": torch_digest()})}
     header = {k: v for k, v in header.items() if (k not in HEADER_DEFAULTS or v != HEADER_DEFAULTS[k])
               and not (k == "steps" and v == GROUP_STEPS)}
     data = container.pack(container.Container("lossless", gfp, header, res.words.astype("<u4").tobytes(), encrypt))
@@ -588,7 +594,8 @@ def _decode_pixel_groups(c, h, gmodel, progress) -> list[ImageRecord]:
     try:
         with _torch_threads(1):
             px, left = pixel_group_codec.decode(words, gmodel, times, grid, seed, c.encrypted,
-                                                units[0].pixels.shape, coarse, direct, progress)
+                                                units[0].pixels.shape, coarse, direct, progress,
+                                                portable_flag(h, gmodel))
     except (BitsBackError, ValueError, ArithmeticError) as e:
         raise container.StreamError(f"decoding failed ({type(e).__name__}): the stream is damaged or was made "
                             f"under different conditionals (see the determinism contract)")
@@ -624,6 +631,23 @@ def _checked_whole(h: dict, n_images: int) -> set:
     if not all(is_uint(v) and v < n_images for v in whole) or any(b <= a for a, b in zip(whole, whole[1:])):
         raise container.StreamError("corrupt stream: bad whole-image list")
     return set(whole)
+
+
+def portable_flag(h: dict, model) -> bool:
+    """The header's portable flag, checked: a portable stream needs a model the
+    exact path can evaluate (`supports_portable`)."""
+    flag = container.field(h, "portable", bool) if "portable" in h else False
+    if flag and not supports_portable(model):
+        raise container.ModelMismatch("a portable stream, but this model has no exact evaluation")
+    return flag
+
+
+def supports_portable(model) -> bool:
+    """Whether `exact_steps` and the exact U-Net can evaluate this model (a U-Net,
+    the linear-gamma schedule, the posterior variance)."""
+    from ddpm_codec.diffusion.unet import UNet
+    return isinstance(model.unet, UNet) and model.schedule.config().get("type") == "linear_gamma" \
+        and model.variance == "posterior"
 
 
 def _chain_times(model, h, plan):
@@ -702,11 +726,12 @@ def decode(data: bytes, model: DiffusionModel, fingerprint: str, progress=None,
         raise container.StreamError("corrupt stream: the header asks for more decoding work than its payload justifies")
     seed = _stream_key(h["pixels_sha256"])
     msg = _stream_message(c, h, plan, seed)
-    chains = {g: DiffusionChain(model, times, g) for g in {s.grid for s in plan.steps}}
+    exact = portable_flag(h, model)
+    chains = {g: DiffusionChain(model, times, g, exact=exact) for g in {s.grid for s in plan.steps}}
     codec = stream_codec(plan, shapes, chains.__getitem__, seed, c.encrypted, progress)
     want = h.get("threads")
     try:
-        with _torch_threads(want if is_uint(want) and 1 <= want <= 1024 else None):
+        with _torch_threads(want if not exact and is_uint(want) and 1 <= want <= 1024 else None):
             msg, values = codec.pop(msg)
     except (BitsBackError, ValueError, ArithmeticError) as e:     # garbage latents: escapes, non-finite values
         raise container.StreamError(f"decoding failed ({type(e).__name__}): the stream is damaged or was made "

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from bitsback import exact as exact_math
 from bitsback.ans.codecs import chained, tap
 from bitsback.ans.message import Message
 from bitsback.chains import bitswap
@@ -42,6 +43,8 @@ COARSE_GRIDS = (0.5, 1.0, 2.0, 4.0)
 # the spread instead: 3.08; a floor of 0.5 levels: 2.93)
 DIRECT_FLOOR = 0.25 / 127.5
 DIRECT_FACTORS = tuple(2.0 ** ((j - 4) / 4) for j in range(11))
+# the same factors for portable streams, from decimal arithmetic rather than libm's pow
+EXACT_DIRECT_FACTORS = tuple(exact_math.exp(exact_math.D(exact_math.log(2.0)) * (j - 4) / 4) for j in range(11))
 
 
 def supports(model: DiffusionModel | None, unit_shape) -> bool:
@@ -59,8 +62,9 @@ class GroupChain(DiffusionChain):
     full-size input (`pixel_groups.network_input`) and reads eps back at the
     group's dims."""
 
-    def __init__(self, model, times, grid_fraction, groups: np.ndarray, k: int, pixels: np.ndarray):
-        super().__init__(model, times, grid_fraction)
+    def __init__(self, model, times, grid_fraction, groups: np.ndarray, k: int, pixels: np.ndarray,
+                 exact: bool = False):
+        super().__init__(model, times, grid_fraction, exact=exact)
         self.h, self.w = groups.shape
         self.flat = np.flatnonzero(groups.reshape(-1) == k)
         x = torch.from_numpy(pixels.reshape(1, 1, self.h, self.w).astype(np.float64) / 127.5 - 1.0)
@@ -71,10 +75,13 @@ class GroupChain(DiffusionChain):
     def _eps(self, z: np.ndarray, t) -> torch.Tensor:
         z_full = torch.zeros(self.h * self.w, dtype=F64)
         z_full[torch.from_numpy(self.flat)] = torch.from_numpy(np.asarray(z, np.float64).reshape(-1))
-        gam = self.model.gamma(torch.as_tensor(t, dtype=F64))
-        alpha = torch.sigmoid(-gam).sqrt()
+        if self.exact:       # t is one of the chain's times: its exact alpha
+            alpha = torch.tensor(self.steps.alpha[self.times.tolist().index(float(t))], dtype=F64)
+        else:
+            gam = self.model.gamma(torch.as_tensor(t, dtype=F64))
+            alpha = torch.sigmoid(-gam).sqrt()
         canvas, cond = pixel_groups.network_input(z_full.view(1, 1, self.h, self.w), self.x, self.known, self.target, alpha)
-        eps = self.model.eps(canvas, t, cond).to("cpu", F64)
+        eps = self.model.eps(canvas, t, cond, exact=self.exact).to("cpu", F64)
         return eps.reshape(1, -1)[:, torch.from_numpy(self.flat)]
 
     def direct_prediction(self) -> tuple[np.ndarray, np.ndarray]:
@@ -87,6 +94,8 @@ class GroupChain(DiffusionChain):
         200 test images: 3.1 bits/pixel for the last group against ~7 for the
         net's guess)."""
         v = (self.x[0, 0].numpy() + 1.0) * 127.5
+        if self.exact:       # whole pixel values: the sums below are exact in any order
+            v = np.rint(v)
         k = self.known[0, 0].numpy().astype(np.float64)
         vk, pv, pk = v * k, np.pad(v * k, 1), np.pad(k, 1)
         pv2 = np.pad(vk * v, 1)
@@ -94,7 +103,7 @@ class GroupChain(DiffusionChain):
         h, w = v.shape
         for dy in (-1, 0, 1):
             for dx in (-1, 0, 1):
-                wt = np.exp(-(dy * dy + dx * dx) / 0.5)
+                wt = _neighbour_weight(dy * dy + dx * dx, self.exact)
                 sl = (slice(1 + dy, 1 + dy + h), slice(1 + dx, 1 + dx + w))
                 num += wt * pv[sl]
                 num2 += wt * pv2[sl]
@@ -108,7 +117,15 @@ class GroupChain(DiffusionChain):
             (np.sqrt(np.maximum(var, 0.0)).reshape(-1)[flat] / 127.5).reshape(1, -1)
 
     def direct_scales(self, j: int, spread: np.ndarray) -> np.ndarray:
+        if self.exact:
+            f = EXACT_DIRECT_FACTORS[j] * spread
+            return np.sqrt(DIRECT_FLOOR * DIRECT_FLOOR + f * f)
         return np.sqrt(DIRECT_FLOOR ** 2 + (DIRECT_FACTORS[j] * spread) ** 2)
+
+
+def _neighbour_weight(d2: int, exact: bool) -> float:
+    """exp(-d2 / 0.5): libm's (the float streams') or the portable one."""
+    return exact_math.exp(-2 * d2) if exact else float(np.exp(-d2 / 0.5))
 
 
 class GroupResult:
@@ -129,15 +146,16 @@ class DirectCodec:
         self.mean, spread = chain.direct_prediction()
         self.scale = chain.direct_scales(j, spread)
         self.shape = self.mean.shape
+        self.exact = chain.exact
 
     def push(self, msg: Message, x) -> Message:
         out = msg.copy()
-        pixel_code.push(out, x, self.mean, self.scale)
+        pixel_code.push(out, x, self.mean, self.scale, self.exact)
         return out
 
     def pop(self, msg: Message):
         out = msg.copy()
-        x, _ = pixel_code.pop(out, self.mean, self.scale, self.shape)
+        x, _ = pixel_code.pop(out, self.mean, self.scale, self.shape, self.exact)
         return out, x
 
 
@@ -146,8 +164,9 @@ class GroupCoding:
     map, the codec of each group given the groups decoded before it, and the
     stream codec (`bitsback.ans.codecs.chained`) of a set of choices."""
 
-    def __init__(self, model, times, grid: float, seed: int, encrypt: bool, hw):
+    def __init__(self, model, times, grid: float, seed: int, encrypt: bool, hw, exact: bool = False):
         self.model, self.times, self.grid, self.seed, self.encrypt = model, times, grid, seed, encrypt
+        self.exact = exact
         self.groups = pixel_groups.group_index(*hw)
         self.K = int(self.groups.max()) + 1
         self.flat = [np.flatnonzero(self.groups.reshape(-1) == k) for k in range(self.K)]
@@ -160,7 +179,7 @@ class GroupCoding:
         return px
 
     def chain(self, k: int, before: list, grid: float) -> GroupChain:
-        return GroupChain(self.model, self.times, grid, self.groups, k, self.known_pixels(before))
+        return GroupChain(self.model, self.times, grid, self.groups, k, self.known_pixels(before), self.exact)
 
     def codec(self, k: int, before: list, grid: float | None, direct: int | None):
         """Group k (decode order; the n = K-1-k th coded) as a codec:
@@ -207,14 +226,14 @@ def _chained(coding: GroupCoding, k: int, before: list, msg: Message, x, first: 
 
 
 def encode(unit: np.ndarray, model: DiffusionModel, times, grid: float, seed: int, encrypt: bool,
-           progress=None) -> GroupResult:
+           progress=None, exact: bool = False) -> GroupResult:
     """Code a (1, H, W) uint8 unit; the groups in reverse decode order.  Each
     group takes the cheaper of its chain (on the finest grid the stack funds)
     and its direct code; one the stack cannot fund even on the coarsest grid
     (the first one always) is coded directly.  Every push is that of the codec
     `GroupCoding.stream_codec` builds from the choices, so `decode` is its pop."""
     pixels = unit.reshape(unit.shape[-2:])
-    coding = GroupCoding(model, times, grid, seed, encrypt, pixels.shape)
+    coding = GroupCoding(model, times, grid, seed, encrypt, pixels.shape, exact)
     xs = [pixels.reshape(1, -1)[:, f] for f in coding.flat]
     res, msg = GroupResult(), Message.empty()
     for n, k in enumerate(range(coding.K - 1, -1, -1)):
@@ -264,10 +283,10 @@ def read_group_codes(packed, n_groups: int, grids) -> tuple[dict, dict]:
 
 
 def decode(words: np.ndarray, model: DiffusionModel, times, grid: float, seed: int, encrypt: bool,
-           shape, coarse: dict, direct: dict, progress=None) -> tuple[np.ndarray, np.ndarray]:
+           shape, coarse: dict, direct: dict, progress=None, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The pop of the stream codec of the header's choices: (unit (1, H, W)
     uint8, the words left: none in a sound stream)."""
-    coding = GroupCoding(model, times, grid, seed, encrypt, shape[-2:])
+    coding = GroupCoding(model, times, grid, seed, encrypt, shape[-2:], exact)
     msg, xs = coding.stream_codec(coarse, direct, progress).pop(Message.from_words(words))
     return coding.known_pixels(xs).reshape(1, *shape[-2:]), msg.words()
 

@@ -64,12 +64,27 @@ class DiffusionModel(nn.Module):
         return self.unet.cfg.in_channels
 
     # ---- network ------------------------------------------------------
-    def eps(self, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    _exact_unet = None
+
+    def exact_unet(self):
+        """The portable evaluation of this network (`ddpm_codec.diffusion.exact_unet`), made once."""
+        if self._exact_unet is None:
+            from ddpm_codec.diffusion.exact_unet import ExactUNet
+            if not isinstance(self.unet, UNet):
+                raise ValueError("portable coding needs a trained U-Net, not a closed-form denoiser")
+            self._exact_unet = ExactUNet(self.unet)
+        return self._exact_unet
+
+    def eps(self, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
+            exact: bool = False) -> torch.Tensor:
         """eps_hat(z_t, t); t is a scalar or a per-image vector of times in [0, 1];
-        ``cond``: the conditioning planes of a conditional net (`ddpm_codec.diffusion.pixel_groups`)."""
+        ``cond``: the conditioning planes of a conditional net (`ddpm_codec.diffusion.pixel_groups`);
+        ``exact``: the portable evaluation (float64, the same bits on every machine)."""
         t = torch.as_tensor(t, device=z.device)
         if t.dim() == 0:
             t = t.expand(z.shape[0])
+        if exact:
+            return self.exact_unet()(z, t.to(F64), cond)
         p = next(self.unet.parameters(), None)
         dtype = p.dtype if p is not None else torch.float64   # parameter-free (closed-form) denoisers
         if cond is None:

@@ -19,7 +19,9 @@ from ddpm_codec.format import varint
 
 NONE, FALSE, TRUE, UINT, NINT, F32, F64, STR, HEX, LIST, DICT, UINTS = range(12)
 MAX_DEPTH = 32
-# keys of the codecs' headers; append only (the index is the encoding)
+# keys of the codecs' headers (the index is the encoding). Frozen: a key not in the table is
+# spelled out under the number len(KEYS) + its length, so even appending one changes how
+# every spelled-out key reads (a format change)
 KEYS = ("codec", "steps", "times_sha", "grid_fraction", "seed", "encrypt", "seed_mode", "seed_codecs",
         "seed_words", "seed_words_omitted", "groups", "images", "pixels_sha256", "determinism", "torch",
         "threads", "dtype", "device", "rcc", "min_step_bits", "lossless_tail", "format", "frame_bits",

@@ -8,7 +8,9 @@ Layout:
                   1 had the keystream's old head rule)
     6       1     mode: 0 lossless, 1 lossy
     7       1     flags: bit 0 = payload encrypted (keystream XOR),
-                  bit 1 = header deflated (used when that is smaller)
+                  bit 1 = header deflated (used when that is smaller),
+                  bit 2 = portable (version 5: exact conditionals; read into
+                  the header dict as ``"portable": True``)
     8       8     model fingerprint (first 8 bytes of the SHA-256 of config + weights)
     16      v     header length H (varint, <= 64 KiB)
     ..      H     header: a compact binary dict (`ddpm_codec.format.compact`): chain,
@@ -38,14 +40,17 @@ from ddpm_codec.errors import CodecError
 from ddpm_codec.format import compact, image_table, varint
 
 MAGIC = b"DDPMC"
-VERSION = 4
-READABLE_VERSIONS = (3, 4)   # 4 adds the lossless `classical` field; a version 3 stream is one without it
+VERSION = 5
+# 4 adds the lossless `classical` field (a version 3 stream is one without it); 5 adds
+# `portable` (exact conditionals and symbol tables: a version 4 stream is a float one)
+READABLE_VERSIONS = (3, 4, 5)
 OLDER_VERSIONS = (1, 2)  # recognised, refused with a clear message
 MODES = {"lossless": 0, "lossy": 1}
 MAX_HEADER = 1 << 16
 MAX_PAYLOAD = 1 << 40
 FLAG_ENCRYPTED = 1
 FLAG_DEFLATED = 2          # header bytes are raw-deflated (many near-identical image records)
+FLAG_PORTABLE = 4          # version 5: exact conditionals, decodable on any machine
 FINGERPRINT_BYTES = 8
 
 
@@ -89,10 +94,12 @@ def stored_header(header: dict) -> dict:
 
 
 def pack(c: Container) -> bytes:
-    head = compact.dumps(stored_header(c.header))
+    flags = FLAG_ENCRYPTED if c.encrypted else 0
+    if c.header.get("portable"):           # a flag bit, not a header field
+        flags |= FLAG_PORTABLE
+    head = compact.dumps(stored_header({k: v for k, v in c.header.items() if k != "portable"}))
     if len(head) > MAX_HEADER:
         raise ValueError("header too large")
-    flags = FLAG_ENCRYPTED if c.encrypted else 0
     z = zlib.compressobj(9, zlib.DEFLATED, -15)
     small = z.compress(head) + z.flush()
     if len(small) < len(head):
@@ -142,7 +149,8 @@ def parse(data: bytes, allow_truncated: bool = False) -> Container:
         raise StreamError(f"stream format version {version} is not supported (this ddpm-codec reads {VERSION})"
                           if version > VERSION else f"unknown stream format version {version}")
     names = {v: k for k, v in MODES.items()}
-    if mode not in names or flags & ~(FLAG_ENCRYPTED | FLAG_DEFLATED):
+    known = FLAG_ENCRYPTED | FLAG_DEFLATED | (FLAG_PORTABLE if version >= 5 else 0)
+    if mode not in names or flags & ~known:
         raise StreamError("corrupt stream: unknown mode or flags")
     end = header_end(data)
     (crc,) = struct.unpack_from("<H", data, end - 2)
@@ -156,8 +164,11 @@ def parse(data: bytes, allow_truncated: bool = False) -> Container:
         header = compact.loads(raw)
     except compact.CompactError as e:
         raise StreamError(f"corrupt stream: header is not valid ({e})")
-    if not isinstance(header, dict):
-        raise StreamError("corrupt stream: header is not an object")
+    if not isinstance(header, dict) or "portable" in header:
+        raise StreamError("corrupt stream: header is not an object" if not isinstance(header, dict)
+                          else "corrupt stream: bad header field 'portable'")
+    if flags & FLAG_PORTABLE:
+        header["portable"] = True
     if "images" in header or ("names" in header) != ("geoms" in header):
         raise StreamError("corrupt stream: bad image list")
     if "names" in header:

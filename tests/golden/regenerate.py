@@ -11,7 +11,13 @@ Cases:
 - one example alone (the default model's pixel-group companion);
 - a tiny fixed-weight model (committed here, so no torch RNG is involved):
   two images of two modes, an unencrypted stream, a tiled image, and a
-  progressive lossy stream with its full and prefix decodes.
+  progressive lossy stream with its full and prefix decodes (float streams:
+  its discrete schedule has no exact evaluation);
+- a tiny fixed-weight VDM (linear gamma, Fourier features, attention) and its
+  pixel-group companion: portable streams (format version 5) of two images and
+  a tiled image, which must decode on any machine (the portable pixel-group
+  stream is the default model's one example alone);
+- the quick-start stream once more as a float stream (``portable=False``).
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 MANIFEST = HERE / "manifest.json"
 TINY = HERE / "tiny"
+TINY_VDM = HERE / "tiny_vdm"
 GOLDEN_THREADS = 2
 
 
@@ -41,14 +48,22 @@ def cases() -> list[dict]:
         {"name": "examples", "model": "default", "call": "compress", "inputs": ex, "kw": {}},
         {"name": "one_image_pixel_groups", "model": "default", "call": "compress", "inputs": ex[:1], "kw": {}},
         {"name": "tiny_grey_rgb", "model": "tiny", "call": "compress",
-         "inputs": ["tests/golden/in_grey.png", "tests/golden/in_rgb.png"], "kw": {"steps": 3}},
+         "inputs": ["tests/golden/in_grey.png", "tests/golden/in_rgb.png"], "kw": {"steps": 3, "classical": "never"}},
         {"name": "tiny_plain", "model": "tiny", "call": "compress",
          "inputs": ["tests/golden/in_grey.png"], "kw": {"steps": 2, "encrypt": False}},
         {"name": "tiny_tiled", "model": "tiny", "call": "compress",
-         "inputs": ["tests/golden/in_big.png"], "kw": {"steps": 2, "tiles": "always"}},
+         "inputs": ["tests/golden/in_big.png"], "kw": {"steps": 2, "tiles": "always", "classical": "never"}},
         {"name": "tiny_lossy", "model": "tiny", "call": "compress_lossy",
          "inputs": ["tests/golden/in_grey.png"], "kw": {"steps": 3}, "prefix": "half"},
+        {"name": "examples_float", "model": "default", "call": "compress", "inputs": ex, "kw": {"portable": False}},
+        {"name": "vdm_grey_rgb", "model": "tiny_vdm", "call": "compress",
+         "inputs": ["tests/golden/in_grey.png", "tests/golden/in_rgb.png"], "kw": {"steps": 3, "classical": "never"}},
+        {"name": "vdm_tiled", "model": "tiny_vdm", "call": "compress",
+         "inputs": ["tests/golden/in_big.png"], "kw": {"steps": 2, "tiles": "always", "classical": "never"}},
     ]
+
+
+PORTABLE_CASES = ("examples", "one_image_pixel_groups", "vdm_grey_rgb", "vdm_tiled")
 
 
 def environment() -> dict:
@@ -58,7 +73,7 @@ def environment() -> dict:
 
 
 def model_path(name: str) -> str:
-    return "default" if name == "default" else str(TINY)
+    return "default" if name == "default" else str(HERE / name)
 
 
 def _make_inputs():
@@ -85,6 +100,19 @@ def _make_tiny():
             p.add_(torch.randn_like(p) * 0.02)
     fp = save_model(base, TINY)
     save_model(conditional_from(base), TINY.with_name("tiny_groups"), {"base_fingerprint": fp})
+    cfg = get_config("tiny")
+    cfg["schedule"] = {"type": "linear_gamma", "gamma_min": -13.3, "gamma_max": 5.0, "learned": False}
+    cfg["unet"] = {**cfg["unet"], "attn_resolutions": [14], "fourier_n": [7, 8]}
+    torch.manual_seed(1)
+    vdm = DiffusionModel.from_config(cfg)
+    with torch.no_grad():
+        for p in vdm.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    fp = save_model(vdm, TINY_VDM)
+    groups = conditional_from(vdm)
+    with torch.no_grad():                         # its conditioning conv starts at zero
+        groups.unet.cond_in.weight.add_(torch.randn_like(groups.unet.cond_in.weight) * 0.02)
+    save_model(groups, TINY_VDM.with_name("tiny_vdm_groups"), {"base_fingerprint": fp})
 
 
 def run_case(case: dict, codecs: dict):
