@@ -131,15 +131,7 @@ def test_portable_stream_header_and_refusals():
 
 
 def _spec():
-    big = str(GOLDEN / "in_big.png")
-    two = [str(GOLDEN / "in_grey.png"), str(GOLDEN / "in_rgb.png")]
-    tiny = str(GOLDEN / "tiny_vdm")
-    return [
-        {"name": "lossless", "model": tiny, "images": two, "kw": {"steps": 3, "classical": "never"}},
-        {"name": "tiled", "model": tiny, "images": [big], "kw": {"steps": 2, "tiles": "always", "classical": "never"}},
-        {"name": "default_two", "model": "default", "images": EXAMPLES, "kw": {"steps": 6, "classical": "never"}},
-        {"name": "pixel_groups", "model": "default", "images": EXAMPLES[:1], "kw": {"steps": 6}},
-    ]
+    return portability.standard_spec(ROOT)
 
 
 def test_portable_streams_decode_under_other_kernels(tmp_path):

@@ -100,8 +100,8 @@ class _Tables:
         u = ((x - x0) * per_unit).clamp(0.0, float(last))
         i = torch.floor(u).clamp(max=last - 1)
         frac = u - i
-        i = i.to(torch.int64)
-        return values[i] + frac * step[i]
+        i = i.to(torch.int64).reshape(-1)
+        return values.index_select(0, i).reshape(x.shape) + frac * step.index_select(0, i).reshape(x.shape)
 
 
 class ExactUNet:

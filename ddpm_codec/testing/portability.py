@@ -82,6 +82,23 @@ def _env(name):
     return env
 
 
+def standard_spec(root) -> list:
+    """The stream kinds the portability checks use, from the repository at ``root``:
+    a tiny VDM's two-image and tiled streams (tests/golden), and the default model's
+    two Fashion-MNIST examples and one alone by pixel groups (6 steps, to be quick)."""
+    root = Path(root)
+    golden, examples = root / "tests" / "golden", [str(root / "examples" / f"fashion_test_{k}.png") for k in range(2)]
+    two = [str(golden / "in_grey.png"), str(golden / "in_rgb.png")]
+    tiny = str(golden / "tiny_vdm")
+    return [
+        {"name": "lossless", "model": tiny, "images": two, "kw": {"steps": 3, "classical": "never"}},
+        {"name": "tiled", "model": tiny, "images": [str(golden / "in_big.png")],
+         "kw": {"steps": 2, "tiles": "always", "classical": "never"}},
+        {"name": "default_two", "model": "default", "images": examples, "kw": {"steps": 6, "classical": "never"}},
+        {"name": "pixel_groups", "model": "default", "images": examples[:1], "kw": {"steps": 6}},
+    ]
+
+
 def run_matrix(spec: list, workdir: Path, envs=tuple(ENVIRONMENTS), timeout=1800) -> dict:
     """{(encode env, decode env, case name): "ok" | what went wrong} for every pair."""
     workdir = Path(workdir)
