@@ -52,6 +52,7 @@ QK_BITS = 20
 V_BITS = 20
 EXP_UNIT = 2.0 ** -30
 PROB_UNIT = 2.0 ** -24
+CHUNK = 4          # images per forward pass (speed only; results do not depend on it)
 
 
 def pow2(k: torch.Tensor) -> torch.Tensor:
@@ -210,11 +211,20 @@ class ExactUNet:
     # ---- the network -------------------------------------------------------
     @torch.no_grad()
     def __call__(self, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        net = self.unet
+        """eps_hat, CHUNK images at a time: each image's result does not depend on its batch
+        (per-image scales, exact sums), and float64 im2col buffers of a few images stay in
+        cache (96 images at once took 3.4x as long as in chunks of 4 on this CPU)."""
         z = z.to(F64)
         t = torch.as_tensor(t, dtype=F64)
         if t.dim() == 0:
             t = t.expand(z.shape[0])
+        if z.shape[0] <= CHUNK:
+            return self._forward(z, t, cond)
+        return torch.cat([self._forward(z[i:i + CHUNK], t[i:i + CHUNK], None if cond is None else cond[i:i + CHUNK])
+                          for i in range(0, z.shape[0], CHUNK)])
+
+    def _forward(self, z, t, cond):
+        net = self.unet
         temb = self._temb(t, z.device)
         h = self._conv(net.conv_in, self._fourier(z))
         if self.cfg.cond_channels:
