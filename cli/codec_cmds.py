@@ -68,9 +68,12 @@ def _safe_name(name: str, used: dict) -> str:
               help="lossless: float conditionals, faster, but the stream decodes only where torch's kernels "
                    "repeat bit for bit (the same machine, torch and thread count); default: a portable stream "
                    "that decodes on any machine")
+@click.option("--fast", is_flag=True,
+              help="lossless: a 25-step chain (or the classical code where the estimate favours it): about "
+                   "4x faster than the recommended 100 steps, and larger (T_eval 25 costs ~8% more bits/dim)")
 @click.option("--force", is_flag=True, help="overwrite OUT if it exists")
 def compress(inputs, out, model_path, steps, lossy, bpd, stop_at, no_encrypt, grid, tiles, classical, float_path,
-             force):
+             fast, force):
     """Compress images into one .ddpmc stream (lossless by default).
 
     INPUTS are image files or folders of images; the stream keeps their names,
@@ -109,7 +112,10 @@ def compress(inputs, out, model_path, steps, lossy, bpd, stop_at, no_encrypt, gr
             def announce(total):
                 bar.total = total
                 bar.refresh()
-            data, rep = codec.compress(images, steps=steps, encrypt=not no_encrypt, progress=bar.update,
+            if fast and steps is not None:
+                raise click.UsageError("--fast picks the chain length itself: leave out --steps")
+            data, rep = codec.compress(images, steps=codec.fast_steps() if fast else steps,
+                                       encrypt=not no_encrypt, progress=bar.update,
                                        grid=grid, tiles=tiles, classical=classical, announce_total=announce,
                                        portable=False if float_path else "auto")
     atomic_write_bytes(out, data, force=force)

@@ -176,3 +176,4 @@ def test_portability_worker_reports_a_damaged_stream(tmp_path):
                        capture_output=True, text=True)
     (v,) = json.loads(r.stdout.strip().splitlines()[-1]).values()
     assert v != "ok"
+
