@@ -225,21 +225,12 @@ class ExactUNet:
 
     def _forward(self, z, t, cond):
         net = self.unet
+        net.check_cond(z, cond)
         temb = self._temb(t, z.device)
         h = self._conv(net.conv_in, self._fourier(z))
         if self.cfg.cond_channels:
-            if cond is None or cond.shape[1] != self.cfg.cond_channels or cond.shape[2:] != z.shape[2:]:
-                raise ValueError(f"this network needs {self.cfg.cond_channels} conditioning planes the size of z")
             h = h + self._conv(net.cond_in, cond.to(F64))
-        elif cond is not None:
-            raise ValueError("this network takes no conditioning planes")
-        hs = [h]
-        for blocks in net.down:
-            h = self._run(blocks, h, temb)
-            hs.append(h)
-        h = self._run(net.mid, h, temb)
-        for blocks in net.up:
-            h = self._run(blocks, torch.cat([h, hs.pop()], dim=1), temb)
+        h = net.walk(h, lambda blocks, x: self._run(blocks, x, temb))
         return self._conv(net.conv_out, self._silu(self._group_norm(net.norm_out, h)))
 
     def _run(self, blocks, h, temb):

@@ -160,21 +160,32 @@ class UNet(nn.Module):
             h = b(h, temb) if isinstance(b, ResBlock) else b(h)
         return h
 
-    def forward(self, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        temb = self.t_mlp(timestep_embedding(t, self.cfg.base_channels))
-        h = self.conv_in(fourier_features(z, self.cfg.fourier_n))
+    def check_cond(self, z: torch.Tensor, cond: torch.Tensor | None) -> None:
+        """A conditional net needs its planes, the size of z; an unconditional one none."""
         if self.cfg.cond_channels:
             if cond is None or cond.shape[1] != self.cfg.cond_channels or cond.shape[2:] != z.shape[2:]:
                 raise ValueError(f"this network needs {self.cfg.cond_channels} conditioning planes the size of z")
-            h = h + self.cond_in(cond.to(h.dtype))
         elif cond is not None:
             raise ValueError("this network takes no conditioning planes")
+
+    def walk(self, h: torch.Tensor, run) -> torch.Tensor:
+        """The U: ``run(blocks, h)`` down the levels keeping skips, the middle, then up with
+        each skip concatenated (shared by this forward and the exact one)."""
         hs = [h]
         for blocks in self.down:
-            h = self._run(blocks, h, temb)
+            h = run(blocks, h)
             hs.append(h)
-        h = self._run(self.mid, h, temb)
+        h = run(self.mid, h)
         for blocks in self.up:
             skip = hs.pop()
-            h = self._run(blocks, torch.cat([h, skip], dim=1), temb)
+            h = run(blocks, torch.cat([h, skip], dim=1))
+        return h
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        self.check_cond(z, cond)
+        temb = self.t_mlp(timestep_embedding(t, self.cfg.base_channels))
+        h = self.conv_in(fourier_features(z, self.cfg.fourier_n))
+        if self.cfg.cond_channels:
+            h = h + self.cond_in(cond.to(h.dtype))
+        h = self.walk(h, lambda blocks, x: self._run(blocks, x, temb))
         return self.conv_out(F.silu(self.norm_out(h)))
