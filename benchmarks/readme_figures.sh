@@ -19,7 +19,7 @@ lane_a() {
     $DC rd-curve --split test --n 100 --steps 100 --json $R/rd_default.json --plot $R/rd_default.png > $R/rd_default.txt
     $DC sample --n 8 --steps 100 -o $R/samples_default.png --force
     # the first 1000 test images in one stream (the net-gap figures need N this large)
-    $PY benchmarks/bench_lossless.py --name lossless_n1000 --n 1000 --steps 25,50,100
+    $PY benchmarks/bench_lossless.py --name lossless_n1000 --n 1000 --steps 100
 }
 
 lane_b() {
