@@ -36,8 +36,10 @@ float32 or better, so the codelength changes by noise only (issue 18's bench).
 """
 from __future__ import annotations
 
+import contextlib
 import decimal
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -137,8 +139,7 @@ class ExactUNet:
     def _conv(self, mod, x):
         w, b = self._weight(mod)
         w = w.to(x.device)
-        with torch.backends.mkldnn.flags(enabled=False), torch.backends.cudnn.flags(enabled=False):
-            y = F.conv2d(quantize(x, self.act_bits), w, None, mod.stride, mod.padding)
+        y = F.conv2d(quantize(x, self.act_bits), w, None, mod.stride, mod.padding)   # inside _kernels()
         return y + b.to(x.device)[None, :, None, None]
 
     def _linear(self, mod, x):
@@ -218,10 +219,11 @@ class ExactUNet:
         t = torch.as_tensor(t, dtype=F64)
         if t.dim() == 0:
             t = t.expand(z.shape[0])
-        if z.shape[0] <= CHUNK:
-            return self._forward(z, t, cond)
-        return torch.cat([self._forward(z[i:i + CHUNK], t[i:i + CHUNK], None if cond is None else cond[i:i + CHUNK])
-                          for i in range(0, z.shape[0], CHUNK)])
+        with _kernels():
+            if z.shape[0] <= CHUNK:
+                return self._forward(z, t, cond)
+            return torch.cat([self._forward(z[i:i + CHUNK], t[i:i + CHUNK], None if cond is None else cond[i:i + CHUNK])
+                              for i in range(0, z.shape[0], CHUNK)])
 
     def _forward(self, z, t, cond):
         net = self.unet
@@ -244,6 +246,17 @@ class ExactUNet:
             else:
                 h = self._conv(b, h)
         return h
+
+
+@contextlib.contextmanager
+def _kernels():
+    """oneDNN and cuDNN off, so float64 convolutions are torch's own im2col + GEMM (only
+    multiplies and adds: exact on integer-valued operands); quietly, since torch warns
+    about TF32 whenever the oneDNN flags are set."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with torch.backends.mkldnn.flags(enabled=False), torch.backends.cudnn.flags(enabled=False):
+            yield
 
 
 def _inv_sqrt(c: int) -> float:
