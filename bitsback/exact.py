@@ -22,6 +22,7 @@ The tables are built lazily, once per process (about 0.3 s), and cached.
 from __future__ import annotations
 
 import decimal
+import functools
 from functools import lru_cache
 
 import numpy as np
@@ -33,10 +34,10 @@ _PI = decimal.Decimal("3.1415926535897932384626433832795028841971693993751058209
 
 def _in_ctx(f):
     """Run f under this module's context, whatever the caller's thread has set."""
+    @functools.wraps(f)
     def wrapped(*args):
         with decimal.localcontext(_CTX):
             return f(*args)
-    wrapped.__name__, wrapped.__doc__ = f.__name__, f.__doc__
     return wrapped
 
 
@@ -51,16 +52,21 @@ def exp(x) -> float:
 
 
 @_in_ctx
-def expm1(x) -> float:
+def dec_expm1(x) -> decimal.Decimal:
+    """exp(x) - 1 in decimal; near 0 by its series, which keeps relative precision."""
     x = D(x)
-    if abs(x) < decimal.Decimal("1e-5"):   # the series keeps relative precision near 0
+    if abs(x) < decimal.Decimal("1e-5"):
         term, total, n = x, x, 1
         while abs(term) > abs(total) * decimal.Decimal("1e-45") and n < 60:
             n += 1
             term = _CTX.divide(_CTX.multiply(term, x), n)
             total = _CTX.add(total, term)
-        return float(total)
-    return float(_CTX.subtract(_CTX.exp(x), 1))
+        return total
+    return _CTX.subtract(_CTX.exp(x), 1)
+
+
+def expm1(x) -> float:
+    return float(dec_expm1(x))
 
 
 @_in_ctx
@@ -74,9 +80,13 @@ def sqrt(x) -> float:
 
 
 @_in_ctx
+def dec_sigmoid(x) -> decimal.Decimal:
+    """1 / (1 + exp(-x)) in decimal."""
+    return _CTX.divide(1, _CTX.add(1, _CTX.exp(_CTX.minus(D(x)))))
+
+
 def sigmoid(x) -> float:
-    """1 / (1 + exp(-x))."""
-    return float(_CTX.divide(1, _CTX.add(1, _CTX.exp(-D(x)))))
+    return float(dec_sigmoid(x))
 
 
 def _sin_reduced(x: decimal.Decimal) -> decimal.Decimal:

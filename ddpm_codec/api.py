@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ddpm_codec.codec.exact_steps import supports_portable
 from ddpm_codec.codec.lossless import decode as lossless_decode
 from ddpm_codec.codec.lossless import encode as lossless_encode
-from ddpm_codec.codec.lossless import supports_portable
 from ddpm_codec.codec.units import ImageRecord
 from ddpm_codec.format import container
 from ddpm_codec.io.checkpoint import CheckpointError, load_companion, load_model

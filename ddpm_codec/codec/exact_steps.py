@@ -21,17 +21,17 @@ import decimal
 import numpy as np
 
 from bitsback import exact
+from ddpm_codec.diffusion.unet import UNet
 
 Dec = decimal.Decimal
 
 
-def _dec_sigmoid(x: Dec) -> Dec:
-    c = exact._CTX
-    return c.divide(1, c.add(1, c.exp(c.minus(x))))
-
-
-def _dec_expm1(x: Dec) -> Dec:
-    return Dec(exact.expm1(x)) if abs(x) < Dec("1e-5") else exact._CTX.subtract(exact._CTX.exp(x), 1)
+def supports_portable(model) -> bool:
+    """Whether this module and the exact U-Net can evaluate the model: a U-Net, the
+    linear-gamma schedule, the posterior variance (what `ExactSteps` and
+    `DiffusionModel.exact_unet` otherwise refuse)."""
+    return isinstance(model.unet, UNet) and model.schedule.config().get("type") == "linear_gamma" \
+        and model.variance == "posterior"
 
 
 def linear_gammas(schedule, times) -> list[float]:
@@ -53,22 +53,22 @@ class ExactSteps:
         self.K = len(self.times)
         g = [Dec(v) for v in self.gam]
         c = exact._CTX
-        self.alpha = [float(c.sqrt(_dec_sigmoid(-v))) for v in g]
-        self.sigma = [float(c.sqrt(_dec_sigmoid(v))) for v in g]
+        self.alpha = [float(c.sqrt(exact.dec_sigmoid(-v))) for v in g]
+        self.sigma = [float(c.sqrt(exact.dec_sigmoid(v))) for v in g]
         self.decoder_scale = float(c.exp(c.divide(g[0], 2)))
         self.trans_a, self.trans_std, self.steps = [None], [None], [None]
         for k in range(1, self.K):
             s, t = g[k - 1], g[k]
-            frac = c.minus(_dec_expm1(c.subtract(s, t)))                  # sigma_{t|s}^2 / sigma_t^2
-            a_ts = c.sqrt(c.divide(_dec_sigmoid(-t), _dec_sigmoid(-s)))
+            frac = c.minus(exact.dec_expm1(c.subtract(s, t)))                  # sigma_{t|s}^2 / sigma_t^2
+            a_ts = c.sqrt(c.divide(exact.dec_sigmoid(-t), exact.dec_sigmoid(-s)))
             self.trans_a.append(float(a_ts))
-            self.trans_std.append(float(c.sqrt(c.multiply(_dec_sigmoid(t), frac))))
-            post_var = c.multiply(_dec_sigmoid(s), frac)
+            self.trans_std.append(float(c.sqrt(c.multiply(exact.dec_sigmoid(t), frac))))
+            post_var = c.multiply(exact.dec_sigmoid(s), frac)
             self.steps.append({
-                "c_z": float(c.divide(c.multiply(a_ts, _dec_sigmoid(s)), _dec_sigmoid(t))),
-                "c_x": float(c.multiply(c.sqrt(_dec_sigmoid(-s)), frac)),
+                "c_z": float(c.divide(c.multiply(a_ts, exact.dec_sigmoid(s)), exact.dec_sigmoid(t))),
+                "c_x": float(c.multiply(c.sqrt(exact.dec_sigmoid(-s)), frac)),
                 "post_var": float(post_var), "post_std": float(c.sqrt(post_var)),
-                "r": float(_dec_expm1(c.subtract(t, s))),
+                "r": float(exact.dec_expm1(c.subtract(t, s))),
             })
         self._table = self._eps_error_grid()
 

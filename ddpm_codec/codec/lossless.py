@@ -40,6 +40,7 @@ from bitsback.chains import bitswap
 from bitsback.errors import BitsBackError, InsufficientInitialBits
 from ddpm_codec.codec import classical_seed, estimate, pixel_group_codec
 from ddpm_codec.codec.chain import DEFAULT_GRID, DiffusionChain
+from ddpm_codec.codec.exact_steps import supports_portable
 from ddpm_codec.codec.lossless_plan import (
     COARSE_GRIDS,
     HEADER_MAX_GRID,
@@ -640,14 +641,6 @@ def portable_flag(h: dict, model) -> bool:
     if flag and not supports_portable(model):
         raise container.ModelMismatch("a portable stream, but this model has no exact evaluation")
     return flag
-
-
-def supports_portable(model) -> bool:
-    """Whether `exact_steps` and the exact U-Net can evaluate this model (a U-Net,
-    the linear-gamma schedule, the posterior variance)."""
-    from ddpm_codec.diffusion.unet import UNet
-    return isinstance(model.unet, UNet) and model.schedule.config().get("type") == "linear_gamma" \
-        and model.variance == "posterior"
 
 
 def _chain_times(model, h, plan):

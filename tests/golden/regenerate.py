@@ -93,21 +93,22 @@ def _make_tiny():
     from ddpm_codec.diffusion.model import DiffusionModel
     from ddpm_codec.io.checkpoint import save_model
     from ddpm_codec.training.groups import conditional_from
-    torch.manual_seed(0)
-    base = DiffusionModel.from_config(get_config("tiny"))
-    with torch.no_grad():                         # a non-trivial eps network (conv_out starts at zero)
-        for p in base.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
+
+    def randomized(cfg, seed):
+        torch.manual_seed(seed)
+        model = DiffusionModel.from_config(cfg)
+        with torch.no_grad():                     # a non-trivial eps network (conv_out starts at zero)
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.02)
+        return model
+
+    base = randomized(get_config("tiny"), 0)
     fp = save_model(base, TINY)
     save_model(conditional_from(base), TINY.with_name("tiny_groups"), {"base_fingerprint": fp})
     cfg = get_config("tiny")
     cfg["schedule"] = {"type": "linear_gamma", "gamma_min": -13.3, "gamma_max": 5.0, "learned": False}
     cfg["unet"] = {**cfg["unet"], "attn_resolutions": [14], "fourier_n": [7, 8]}
-    torch.manual_seed(1)
-    vdm = DiffusionModel.from_config(cfg)
-    with torch.no_grad():
-        for p in vdm.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
+    vdm = randomized(cfg, 1)
     fp = save_model(vdm, TINY_VDM)
     groups = conditional_from(vdm)
     with torch.no_grad():                         # its conditioning conv starts at zero
